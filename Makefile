@@ -1,0 +1,23 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both install what is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The registry's torch + torchvision pair: the machine's local CPU torch wheel has no matching
+# torchvision (../shared/SETUP.md), so pip must not see that folder.
+PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VENV)/bin/pip
+CPU_LAUNCH := ACCELERATE_USE_CPU=true $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 \
+	--mixed_precision no --dynamo_backend no
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+demo: setup
+	$(CPU_LAUNCH) pipelines/train_progressive.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)

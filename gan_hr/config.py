@@ -1,0 +1,381 @@
+"""Typed configuration: YAML into dataclasses, dotted overrides, validation before anything runs.
+
+Every key a user can set lives in one of the section dataclasses below. `load_config` merges a
+YAML file with `key=value` overrides, coerces each value to its field's type and validates the
+result; any problem raises `ConfigError` with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    # A data_prep output directory (holds manifest.json); None trains on the built-in set.
+    path: str | None = None
+    # Built-in synthetic set: how many images, and where it is prepared on first use.
+    synthetic_images: int = 2048
+    synthetic_dir: str = "data/synthetic"
+    # Random horizontal flips, as in the ProGAN/StyleGAN CelebA-HQ runs.
+    mirror: bool = True
+    # Loader worker processes per training process (0 reads in the training process).
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "progan"
+    latent_dim: int = 512
+    # Channels at resolution r: min(channel_base // r, channel_max) (16384/512 = the papers').
+    channel_base: int = 16384
+    channel_max: int = 512
+    mbstd_group_size: int = 4
+    # StyleGAN generator.
+    w_dim: int = 512
+    mapping_layers: int = 8
+    mapping_lr_mul: float = 0.01
+    style_mixing_prob: float = 0.9
+    w_avg_beta: float = 0.995
+    truncation_psi: float = 1.0
+    truncation_cutoff: int = 8
+    blur: bool = True
+    noise: bool = True
+    # DCGAN/LSGAN: feature maps of the widest layer at 64² is 8 * base_width.
+    base_width: int = 64
+    # SyncBatchNorm for batch-norm models: auto = on when more than one process.
+    sync_batchnorm: str = "auto"
+
+
+@dataclass
+class LossConfig:
+    # wgan_gp | logistic (non-saturating; with R1 when r1_gamma > 0) | lsgan
+    name: str = "wgan_gp"
+    gp_lambda: float = 10.0
+    gp_target: float = 1.0
+    drift: float = 0.001
+    r1_gamma: float = 10.0
+    # Lazy regularisation: apply R1 every k D steps, scaled by k (StyleGAN2). 1 = every step.
+    r1_every: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    start_res: int = 4
+    max_res: int = 1024
+    # Images shown while fading a new resolution in, then while training it stable.
+    fade_kimg: float = 600.0
+    stable_kimg: float = 600.0
+    # Global minibatch (all processes together) and learning rate, with per-resolution overrides.
+    batch_size: int = 16
+    batch_by_res: dict[int, int] = field(default_factory=dict)
+    lr: float = 0.001
+    lr_by_res: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    total_kimg: float = 12000.0
+    # Stop after this many generator steps (tests, benchmarks, short jobs); None = no limit.
+    max_steps: int | None = None
+    mixed_precision: str = "no"
+    adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    adam_eps: float = 1e-8
+    # The official ProGAN resets Adam state when a new resolution starts.
+    reset_optimizer_on_grow: bool = True
+    ema_halflife_kimg: float = 10.0
+    # EMA ramp-up (StyleGAN2): half-life at most this fraction of images seen; None = off.
+    ema_rampup: float | None = None
+    checkpoint_every_kimg: float = 100.0
+    keep_checkpoints: int = 3
+    sample_every_kimg: float = 50.0
+    sample_grid: int = 16
+    log_every_steps: int = 10
+    # Non-finite steps in a row before the run stops with a checkpoint of the last good state.
+    nan_tolerance: int = 10
+    metrics: list[str] = field(default_factory=list)
+    metrics_every_kimg: float = 500.0
+    metrics_num_images: int = 2048
+    compile: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "none"
+    project: str = "gan_hr"
+    entity: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+MODEL_NAMES = ("progan", "stylegan", "dcgan")
+LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
+PRECISIONS = ("no", "bf16", "fp16")
+BACKENDS = ("wandb", "none")
+METRICS = ("swd", "fid", "kid")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `key=value` overrides and validate; raises ConfigError."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of sections")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    cfg = from_dict(raw)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value parsed as YAML, so 1e-3, true and [x, y] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and coercing types."""
+    return _build(Config, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name], prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as a string.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {
+            _coerce_key(k, args[0], f"{key}.{k}"): _coerce(v, args[1], f"{key}.{k}")
+            for k, v in value.items()
+        }
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _coerce_key(value: Any, hint: Any, key: str) -> Any:
+    # Mapping keys arrive as strings from dotted overrides and from JSON (checkpoint metadata).
+    if hint is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return _coerce(value, hint, key)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: Any, choices: tuple, key: str) -> None:
+    _check(value in choices, key, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value; raises ConfigError naming the first bad key."""
+    d, m, lo, s, t, tr = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train, cfg.tracking
+
+    _check(d.synthetic_images > 0, "data.synthetic_images", "must be positive")
+    _check(d.num_workers >= 0, "data.num_workers", "must be 0 or more")
+
+    _one_of(m.name, MODEL_NAMES, "model.name")
+    for key in ("latent_dim", "channel_base", "channel_max", "w_dim", "base_width"):
+        _check(getattr(m, key) > 0, f"model.{key}", "must be positive")
+    _check(m.mbstd_group_size >= 0, "model.mbstd_group_size", "must be 0 (off) or more")
+    _check(m.mapping_layers >= 1, "model.mapping_layers", "must be at least 1")
+    _check(m.mapping_lr_mul > 0, "model.mapping_lr_mul", "must be positive")
+    _check(0 <= m.style_mixing_prob <= 1, "model.style_mixing_prob", "must be in [0, 1]")
+    _check(0 <= m.w_avg_beta < 1, "model.w_avg_beta", "must be in [0, 1)")
+    _check(m.truncation_cutoff >= 0, "model.truncation_cutoff", "must be 0 or more")
+    _one_of(m.sync_batchnorm, ("auto", "on", "off"), "model.sync_batchnorm")
+
+    _one_of(lo.name, LOSS_NAMES, "loss.name")
+    for key in ("gp_lambda", "drift", "r1_gamma"):
+        _check(getattr(lo, key) >= 0, f"loss.{key}", "must be 0 or more")
+    _check(lo.gp_target > 0, "loss.gp_target", "must be positive")
+    _check(lo.r1_every >= 1, "loss.r1_every", "must be at least 1")
+
+    for key in ("start_res", "max_res"):
+        res = getattr(s, key)
+        _check(_is_pow2(res) and res >= 4, f"schedule.{key}", f"must be a power of two >= 4, got {res}")
+    _check(s.start_res <= s.max_res, "schedule.start_res", f"must not exceed schedule.max_res ({s.max_res})")
+    if m.name == "dcgan":
+        _check(s.start_res == s.max_res, "schedule.start_res", "must equal schedule.max_res for dcgan (no growing)")
+        _check(s.max_res >= 32, "schedule.max_res", "must be 32 or more for dcgan")
+    _check(s.fade_kimg >= 0, "schedule.fade_kimg", "must be 0 or more")
+    _check(s.stable_kimg >= 0, "schedule.stable_kimg", "must be 0 or more")
+    _check(s.batch_size > 0, "schedule.batch_size", "must be positive")
+    _check(s.lr > 0, "schedule.lr", "must be positive")
+    for res, batch in s.batch_by_res.items():
+        _check(_is_pow2(res), f"schedule.batch_by_res.{res}", "resolution must be a power of two")
+        _check(batch > 0, f"schedule.batch_by_res.{res}", "must be positive")
+    for res, lr in s.lr_by_res.items():
+        _check(_is_pow2(res), f"schedule.lr_by_res.{res}", "resolution must be a power of two")
+        _check(lr > 0, f"schedule.lr_by_res.{res}", "must be positive")
+
+    _check(t.total_kimg > 0, "train.total_kimg", "must be positive")
+    _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", "must be positive")
+    _one_of(t.mixed_precision, PRECISIONS, "train.mixed_precision")
+    _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+           "train.adam_betas", "must be two numbers in [0, 1)")
+    _check(t.adam_eps > 0, "train.adam_eps", "must be positive")
+    _check(t.ema_halflife_kimg >= 0, "train.ema_halflife_kimg", "must be 0 (off) or more")
+    _check(t.ema_rampup is None or t.ema_rampup > 0, "train.ema_rampup", "must be positive or null")
+    for key in ("checkpoint_every_kimg", "sample_every_kimg", "metrics_every_kimg"):
+        _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
+    _check(t.sample_grid >= 1, "train.sample_grid", "must be at least 1")
+    _check(t.log_every_steps >= 1, "train.log_every_steps", "must be at least 1")
+    _check(t.nan_tolerance >= 1, "train.nan_tolerance", "must be at least 1")
+    _check(t.metrics_num_images >= 2, "train.metrics_num_images", "must be at least 2")
+    for i, name in enumerate(t.metrics):
+        _one_of(name, METRICS, f"train.metrics[{i}]")
+
+    _one_of(tr.backend, BACKENDS, "tracking.backend")
+
+    if d.path is not None:
+        _validate_data_path(d.path, s.max_res)
+
+
+def _validate_data_path(path: str, max_res: int) -> None:
+    # Object-storage URLs are read lazily; only local directories can be checked up front.
+    if "://" in path or path.startswith("pipe:"):
+        return
+    manifest = Path(path) / "manifest.json"
+    _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")
+    _check(manifest.is_file(), "data.path", f"no manifest.json in {path} (run python -m data_prep)")
+    try:
+        resolutions = json.loads(manifest.read_text())["resolutions"]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"data.path: unreadable manifest {manifest}: {exc}") from exc
+    _check(max_res <= max(resolutions), "schedule.max_res",
+           f"{max_res} is above the data's largest resolution ({max(resolutions)}) in {path}")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run really used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
