@@ -1,0 +1,94 @@
+"""Command line: python -m data_prep --src SRC --out DIR ... | --verify DIR.
+
+Exit status: 0 when the dataset was written (even if some inputs were skipped) or verified;
+1 when no input was usable or --verify found a problem; 2 for usage errors (bad options, a
+missing or unreadable SRC, an unwritable --out, an --out holding a different preparation);
+130 when interrupted with Ctrl-C (the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from data_prep.errors import NoUsableImages, PrepError
+from data_prep.images import DEFAULT_MAX_PIXELS, FORMATS
+from data_prep.pipeline import run_prepare
+from data_prep.verify import verify
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Turn a folder, a .zip or synthetic:N into per-resolution tar shards.")
+    p.add_argument("--src", help="folder of images (recursive), a .zip, or synthetic:N")
+    p.add_argument("--out", help="output folder (manifest.json and <res>/shard-*.tar)")
+    p.add_argument("--max-res", type=int, default=1024, help="largest resolution (default 1024)")
+    p.add_argument("--min-res", type=int, default=4, help="smallest resolution (default 4)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: every available core)")
+    p.add_argument("--format", dest="image_format", choices=sorted(FORMATS), default="png",
+                   help="image format inside the shards (default png)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (default 0)")
+    p.add_argument("--allow-upscale", action="store_true",
+                   help="upscale images smaller than --max-res instead of skipping them")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="reject images with more pixels as decompression bombs "
+                        f"(default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verify", metavar="DIR",
+                   help="check DIR's shards against its manifest (after preparing, if --src)")
+    return p
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    try:
+        result = run_prepare(
+            args.src, args.out, max_res=args.max_res, min_res=args.min_res,
+            shard_size=args.shard_size, workers=args.workers, image_format=args.image_format,
+            jpeg_quality=args.jpeg_quality, seed=args.seed, allow_upscale=args.allow_upscale,
+            progress=not args.no_progress, max_pixels=args.max_pixels)
+    except KeyboardInterrupt:
+        print("data_prep: interrupted; finished shards are kept, run the same command again "
+              "to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NoUsableImages as exc:
+        print(f"data_prep: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PrepError as exc:
+        print(f"data_prep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    elapsed = time.perf_counter() - t0
+    m = result.manifest
+    note = (" (already prepared, nothing to do)" if result.reused
+            else f" ({result.processed / max(elapsed, 1e-9):.0f} inputs/s)")
+    print(f"data_prep: {m['num_images']} images written, {len(m['skipped'])} skipped, "
+          f"{elapsed:.1f} s{note} -> {args.out}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.src is None and args.verify is None:
+        print("data_prep: error: give --src and --out, or --verify DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if args.src is not None:
+        if args.out is None:
+            print("data_prep: error: --src needs --out", file=sys.stderr)
+            return EXIT_USAGE
+        status = _prepare(args)
+        if status != EXIT_OK:
+            return status
+    if args.verify is not None:
+        report = verify(args.verify, workers=args.workers)
+        for line in report.errors:
+            print(f"  {line}")
+        print(report.summary)
+        return EXIT_OK if report.ok else EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,145 @@
+"""--verify: re-read every shard and check it against the manifest."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from data_prep.manifest import FORMAT, MANIFEST, VERSION, read_json
+from data_prep.pipeline import default_workers
+
+# A badly broken shard would otherwise list every member; the first few say enough.
+_MAX_ERRORS_PER_SHARD = 20
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    summary: str
+    errors: list[str] = field(default_factory=list)
+
+
+def _check_shard(task: tuple[str, int, str]) -> tuple[list[str], list[str]]:
+    """(keys in order, problems) of one shard file."""
+    path, res, ext = task
+    keys: list[str] = []
+    problems: list[str] = []
+
+    def problem(msg: str) -> None:
+        if len(problems) < _MAX_ERRORS_PER_SHARD:
+            problems.append(f"{path}: {msg}")
+
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        return keys, [f"{path}: unreadable tar: {exc}"]
+    with tar:
+        try:
+            for info in tar:
+                key, dot, member_ext = info.name.partition(".")
+                keys.append(key)
+                if not info.isreg():
+                    problem(f"{info.name}: not a regular file")
+                    continue
+                if not dot or member_ext != ext or "/" in info.name:
+                    problem(f"{info.name}: expected <key>.{ext}")
+                f = tar.extractfile(info)
+                data = f.read() if f is not None else b""
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        if im.size != (res, res):
+                            problem(f"{info.name}: size {im.size[0]}x{im.size[1]}, "
+                                    f"expected {res}x{res}")
+                            continue
+                        im.load()
+                        if im.mode != "RGB":
+                            problem(f"{info.name}: mode {im.mode}, expected RGB")
+                except Exception as exc:  # any decode failure is a finding, not a crash
+                    problem(f"{info.name}: does not decode: {type(exc).__name__}: {exc}")
+        except (OSError, tarfile.TarError) as exc:
+            problem(f"truncated or corrupt tar: {exc}")
+    return keys, problems
+
+
+def _manifest_problems(manifest: object) -> list[str]:
+    if not isinstance(manifest, dict):
+        return ["manifest.json is missing or not a JSON object"]
+    problems = []
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        problems.append(f"manifest format/version is not {FORMAT}/{VERSION}")
+    for name in ("num_images", "resolutions", "image_format", "shards", "skipped"):
+        if name not in manifest:
+            problems.append(f"manifest has no {name!r}")
+    if problems:
+        return problems
+    resolutions = manifest["resolutions"]
+    if sorted(str(r) for r in resolutions) != sorted(manifest["shards"]):
+        problems.append("manifest resolutions and shard lists disagree")
+    per_res = [[s["count"] for s in manifest["shards"].get(str(r), [])] for r in resolutions]
+    if any(counts != per_res[0] for counts in per_res):
+        problems.append("resolutions have different shard counts")
+    if per_res and sum(per_res[0]) != manifest["num_images"]:
+        problems.append(f"shard counts add up to {sum(per_res[0])}, "
+                        f"num_images says {manifest['num_images']}")
+    return problems
+
+
+def verify(out: str | Path, *, workers: int | None = None) -> VerifyReport:
+    """Check every shard of a data_prep output against its manifest.
+
+    Counts per shard and in total, keys unique and without "." or "/", the same keys in the
+    same order at every resolution, and every member decoding to RGB at its resolution.
+    """
+    out = Path(out)
+    manifest = read_json(out / MANIFEST)
+    errors = _manifest_problems(manifest)
+    if errors:
+        return VerifyReport(False, f"verify {out}: FAILED ({len(errors)} problems)", errors)
+    ext = manifest["image_format"]
+    tasks, expected = [], []
+    try:
+        for res in manifest["resolutions"]:
+            for i, shard in enumerate(manifest["shards"][str(res)]):
+                tasks.append((str(out / shard["path"]), int(res), ext))
+                expected.append((res, i, int(shard["count"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        return VerifyReport(False, f"verify {out}: FAILED (malformed shard list)", [repr(exc)])
+    workers = min(workers or default_workers(), max(len(tasks), 1))
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_check_shard, tasks)
+    else:
+        results = list(map(_check_shard, tasks))
+
+    keys_by_shard: dict[int, list[str]] = {}
+    all_keys: Counter[str] = Counter()
+    for (res, i, count), (keys, problems) in zip(expected, results, strict=True):
+        errors.extend(problems)
+        if len(keys) != count:
+            errors.append(f"{res}/shard {i}: {len(keys)} members, manifest says {count}")
+        if i not in keys_by_shard:
+            keys_by_shard[i] = keys
+            all_keys.update(keys)
+        elif keys != keys_by_shard[i]:
+            errors.append(f"{res}/shard {i}: keys differ from resolution "
+                          f"{manifest['resolutions'][0]}")
+    dupes = [k for k, n in all_keys.items() if n > 1]
+    if dupes:
+        errors.append(f"{len(dupes)} duplicate keys, e.g. {dupes[:3]}")
+    bad = [k for k in all_keys if "." in k or "/" in k or not k]
+    if bad:
+        errors.append(f"{len(bad)} keys with '.' or '/' or empty, e.g. {bad[:3]}")
+
+    n_shards = len(keys_by_shard)
+    res = manifest["resolutions"]
+    if errors:
+        return VerifyReport(False, f"verify {out}: FAILED ({len(errors)} problems)", errors)
+    return VerifyReport(True, f"verify {out}: OK, {manifest['num_images']} images x "
+                              f"{len(res)} resolutions ({res[0]}..{res[-1]}), {n_shards} shards "
+                              f"per resolution, {len(manifest['skipped'])} inputs skipped at prep")
