@@ -1,0 +1,207 @@
+"""Progressive GAN generator and discriminator (Karras et al., ICLR 2018, Table 2).
+
+Every resolution's block (with its own to-RGB / from-RGB) is built up front and stored as
+`blocks["b{res}"]`; `forward(..., resolution, alpha)` runs only the blocks up to `resolution` and
+fades the newest one in with `alpha`. Growing therefore never changes the modules, so optimizer
+state, checkpoints and EMA copies keep one fixed set of parameters for the whole run.
+
+At alpha == 1 the old to-RGB / from-RGB branch is not computed, and at alpha == 0 the new block is
+not computed: their parameters get no gradient, which a DDP wrapper must allow for (the trainer's
+business, not the model's).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan_hr.config import ModelConfig
+from gan_hr.nn.equalized import EqualLinear
+from gan_hr.nn.layers import (
+    LRELU_SLOPE,
+    ConvLayer,
+    FromRGB,
+    MinibatchStddev,
+    ToRGB,
+    check_alpha,
+    check_resolution,
+    downsample2x,
+    expect_shape,
+    num_channels,
+    pixel_norm,
+    upsample2x,
+)
+
+__all__ = ["ProGANDiscriminator", "ProGANGenerator"]
+
+BASE_RES = 4
+
+
+def _resolutions(max_res: int) -> list[int]:
+    if not (isinstance(max_res, int) and max_res >= BASE_RES and max_res & (max_res - 1) == 0):
+        raise ValueError(f"max_res must be a power of two >= {BASE_RES}, got {max_res!r}")
+    return [2**i for i in range(2, int(math.log2(max_res)) + 1)]
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class GInputBlock(nn.Module):
+    """Latent -> 4x4 features: dense + lrelu + pixel norm, then 3x3 conv + lrelu + pixel norm."""
+
+    resolution = BASE_RES
+
+    def __init__(self, latent_dim: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        # Official code: a dense layer with gain sqrt(2)/4 (it acts as a 4x4 transposed conv on a
+        # 1x1 input) and one bias per channel, added after the reshape.
+        self.dense = EqualLinear(latent_dim, channels * BASE_RES * BASE_RES, bias=False, gain=math.sqrt(2) / 4)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.conv = ConvLayer(channels, channels, 3, pixelnorm=True)
+        self.to_rgb = ToRGB(channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.dense(z).reshape(-1, self.channels, BASE_RES, BASE_RES) + self.bias.view(1, -1, 1, 1)
+        x = pixel_norm(F.leaky_relu(x, LRELU_SLOPE))
+        x = self.conv(x)
+        expect_shape(x, self.channels, BASE_RES, "G.b4 output")
+        return x
+
+
+class GBlock(nn.Module):
+    """Features at res/2 -> res: upsample, then two 3x3 convs each with lrelu + pixel norm."""
+
+    def __init__(self, resolution: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.conv0 = ConvLayer(in_channels, out_channels, 3, pixelnorm=True)
+        self.conv1 = ConvLayer(out_channels, out_channels, 3, pixelnorm=True)
+        self.to_rgb = ToRGB(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expect_shape(x, self.in_channels, self.resolution // 2, f"G.b{self.resolution} input")
+        x = self.conv1(self.conv0(upsample2x(x)))
+        expect_shape(x, self.out_channels, self.resolution, f"G.b{self.resolution} output")
+        return x
+
+
+class ProGANGenerator(nn.Module):
+    """z [N, latent_dim] -> image [N, 3, resolution, resolution] (linear output, no tanh)."""
+
+    def __init__(self, cfg: ModelConfig, max_res: int) -> None:
+        super().__init__()
+        self.latent_dim = cfg.latent_dim
+        self.max_res = max_res
+        self.resolutions = _resolutions(max_res)
+        ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
+        blocks: dict[str, nn.Module] = {"b4": GInputBlock(cfg.latent_dim, ch(BASE_RES))}
+        for res in self.resolutions[1:]:
+            blocks[f"b{res}"] = GBlock(res, ch(res // 2), ch(res))
+        self.blocks = nn.ModuleDict(blocks)
+
+    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+        resolution = check_resolution(resolution, self.max_res)
+        alpha = check_alpha(alpha)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"G: expected z of shape [N, {self.latent_dim}], got {list(z.shape)}")
+        x = pixel_norm(z)
+        for res in self.resolutions:
+            if res == resolution:
+                break
+            x = self.blocks[f"b{res}"](x)
+        top = self.blocks[f"b{resolution}"]
+        if resolution == BASE_RES or alpha == 1.0:
+            return top.to_rgb(top(x))
+        old = upsample2x(self.blocks[f"b{resolution // 2}"].to_rgb(x))
+        if alpha == 0.0:
+            return old
+        new = top.to_rgb(top(x))
+        return old + (new - old) * alpha
+
+
+# --------------------------------------------------------------------------- discriminator
+
+
+class DBlock(nn.Module):
+    """Features at res -> res/2: 3x3 conv + lrelu, 3x3 conv to the lower width + lrelu, 2x2 avg pool."""
+
+    def __init__(self, resolution: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.from_rgb = FromRGB(in_channels)
+        self.conv0 = ConvLayer(in_channels, in_channels, 3)
+        self.conv1 = ConvLayer(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expect_shape(x, self.in_channels, self.resolution, f"D.b{self.resolution} input")
+        x = downsample2x(self.conv1(self.conv0(x)))
+        expect_shape(x, self.out_channels, self.resolution // 2, f"D.b{self.resolution} output")
+        return x
+
+
+class DOutputBlock(nn.Module):
+    """4x4 features -> score: minibatch stddev, 3x3 conv, dense 4*4*C -> C, dense -> 1 (gain 1)."""
+
+    resolution = BASE_RES
+
+    def __init__(self, channels: int, mbstd_group_size: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.from_rgb = FromRGB(channels)
+        # group size 0 turns the layer off (e.g. for ablations or batch-size-1 debugging).
+        self.mbstd = MinibatchStddev(mbstd_group_size) if mbstd_group_size > 0 else None
+        extra = self.mbstd.num_channels if self.mbstd is not None else 0
+        self.conv = ConvLayer(channels + extra, channels, 3)
+        self.dense = EqualLinear(channels * BASE_RES * BASE_RES, channels)
+        self.out = EqualLinear(channels, 1, gain=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expect_shape(x, self.channels, BASE_RES, "D.b4 input")
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        x = self.conv(x)
+        x = F.leaky_relu(self.dense(x.flatten(1)), LRELU_SLOPE)
+        return self.out(x).squeeze(1)
+
+
+class ProGANDiscriminator(nn.Module):
+    """Image [N, 3, resolution, resolution] -> raw scores [N]."""
+
+    def __init__(self, cfg: ModelConfig, max_res: int) -> None:
+        super().__init__()
+        self.max_res = max_res
+        self.resolutions = _resolutions(max_res)
+        ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
+        blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size)}
+        for res in self.resolutions[1:]:
+            blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2))
+        self.blocks = nn.ModuleDict(blocks)
+
+    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+        resolution = check_resolution(resolution, self.max_res)
+        alpha = check_alpha(alpha)
+        if img.ndim != 4 or img.shape[1:] != (3, resolution, resolution):
+            raise ValueError(f"D: expected images [N, 3, {resolution}, {resolution}], got {list(img.shape)}")
+        top = self.blocks[f"b{resolution}"]
+        if resolution == BASE_RES:
+            return top(top.from_rgb(img))
+        if alpha == 0.0:
+            x = self.blocks[f"b{resolution // 2}"].from_rgb(downsample2x(img))
+        else:
+            x = top(top.from_rgb(img))
+            if alpha < 1.0:
+                old = self.blocks[f"b{resolution // 2}"].from_rgb(downsample2x(img))
+                x = old + (x - old) * alpha
+        for res in reversed(self.resolutions):
+            if res < resolution:
+                x = self.blocks[f"b{res}"](x)
+        return x
