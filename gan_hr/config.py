@@ -111,7 +111,6 @@ class TrainConfig:
     metrics: list[str] = field(default_factory=list)
     metrics_every_kimg: float = 500.0
     metrics_num_images: int = 2048
-    compile: bool = False
 
 
 @dataclass

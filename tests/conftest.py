@@ -17,3 +17,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """The built-in synthetic set at 4²..32², prepared once for the whole test session."""
+    from data_prep import prepare
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare("synthetic:256", out, max_res=32, shard_size=64, workers=1, progress=False)
+    return out

@@ -1,0 +1,178 @@
+"""Throughput of the full training step (D step with penalty, G step, EMA) per model, resolution,
+phase and precision, with FLOPs counted and compared with this machine's measured ceiling.
+
+    python benchmarks/train_step.py --model progan|stylegan --res R --batch B --precision fp32|bf16|fp16
+        [--phase fade|stable] [--channel-max C] [--steps N] [--json FILE]
+
+--model, --res, --precision and --phase take several values; every combination is measured.
+It prints a table and writes JSON (default benchmarks/out/train_step.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accelerate import Accelerator  # noqa: E402
+
+from gan_hr.config import from_dict, validate  # noqa: E402
+from gan_hr.training.run_dir import RunDir  # noqa: E402
+from gan_hr.training.trainer import Trainer  # noqa: E402
+
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, min_seconds: float = 1.0) -> float:
+    """Seconds per call, after one warm-up call, over at least `min_seconds`."""
+    fn()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 3:
+            return elapsed / calls
+
+
+def measure_ceiling(device: torch.device) -> dict[str, float]:
+    """FLOP/s of a 2048² matmul and of a 3×3 conv (512 channels, 16², batch 16, fwd+bwd)."""
+    ceiling = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(2048, 2048, device=device, dtype=dtype)
+        b = torch.randn(2048, 2048, device=device, dtype=dtype)
+        ceiling[f"matmul_{name}"] = 2 * 2048**3 / _timed(lambda: a @ b, device)
+        x = torch.randn(16, 512, 16, 16, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(512, 512, 3, 3, device=device, dtype=dtype, requires_grad=True)
+
+        def conv():
+            torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
+
+        ceiling[f"conv_{name}"] = 3 * 2 * 16 * 512 * 512 * 9 * 16 * 16 / _timed(conv, device)
+    ceiling["fp16"] = ceiling["bf16"]  # on the CPU fp16 is refused; on GPUs the two share tensor cores
+    return ceiling
+
+
+def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, channel_max: int,
+                  loss: str, run_dir: Path) -> tuple[Trainer, object]:
+    start = res // 2 if phase == "fade" and res > 4 else res
+    cfg = from_dict({
+        "model": {"name": model, "channel_max": channel_max},
+        "loss": {"name": loss},
+        "schedule": {"start_res": start, "max_res": res, "batch_size": batch, "fade_kimg": 600, "stable_kimg": 600},
+        "train": {"mixed_precision": PRECISION[precision]},
+        "data": {"num_workers": 0},
+    })
+    validate(cfg)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    trainer = Trainer(cfg, RunDir(run_dir), accelerator, data_root="")
+    target = trainer.schedule.phases[-1]
+    # Mid-fade: halfway through the fade of `res`; stable: alpha 1.
+    trainer.state.images_seen = target.start_images + (target.fade_images // 2 if phase == "fade" else 0)
+    trainer.state.phase_index = target.index
+    return trainer, target
+
+
+def bench_one(args, model: str, res: int, precision: str, phase: str, ceiling: dict[str, float]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, target = build_trainer(model, res, args.batch, precision, phase, args.channel_max, args.loss,
+                                        Path(tmp))
+        device = trainer.device
+        images = torch.randint(0, 256, (args.batch, 3, res, res), dtype=torch.uint8)
+        start_images = trainer.state.images_seen
+        alpha = target.alpha(start_images)
+
+        def step():
+            # Hold the fade position fixed so every timed step does the same work.
+            trainer.state.images_seen = start_images
+            trainer.train_step(target, images)
+
+        step()  # warm-up
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops_per_step = counter.get_total_flops()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _sync(device)
+        seconds = (time.perf_counter() - start) / args.steps
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    achieved = flops_per_step / seconds
+    reference = max(ceiling[f"conv_{precision}"] if precision != "fp16" else ceiling["fp16"],
+                    ceiling.get(f"matmul_{precision}", 0.0))
+    return {
+        "model": model, "res": res, "batch": args.batch, "precision": precision, "phase": phase,
+        "alpha": round(alpha, 3), "channel_max": args.channel_max, "loss": args.loss, "steps": args.steps,
+        "images_per_s": args.batch / seconds,
+        "sec_per_kimg": seconds * 1000 / args.batch,
+        "peak_mem_mb": peak,
+        "flops_per_image": flops_per_step / args.batch,
+        "achieved_tflops": achieved / 1e12,
+        "achieved_flops_fraction": achieved / reference,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", nargs="+", default=["progan"], choices=["progan", "stylegan", "dcgan"])
+    p.add_argument("--res", nargs="+", type=int, default=[32])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISION))
+    p.add_argument("--phase", nargs="+", default=["fade"], choices=["fade", "stable"])
+    p.add_argument("--channel-max", type=int, default=512)
+    p.add_argument("--loss", default="wgan_gp", choices=["wgan_gp", "logistic", "lsgan"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--json", default="benchmarks/out/train_step.json")
+    args = p.parse_args(argv)
+
+    device = Accelerator().device
+    ceiling = measure_ceiling(device)
+    rows = []
+    for model, res, precision, phase in itertools.product(args.model, args.res, args.precision, args.phase):
+        if model == "dcgan" and phase == "fade":
+            phase = "stable"
+        rows.append(bench_one(args, model, res, precision, phase, ceiling))
+        r = rows[-1]
+        print(f"{r['model']:>8} {r['res']:>5} {r['precision']:>5} {r['phase']:>6}  "
+              f"{r['images_per_s']:8.2f} img/s {r['sec_per_kimg']:9.1f} s/kimg {r['peak_mem_mb']:8.0f} MB "
+              f"{r['flops_per_image'] / 1e9:8.2f} GFLOP/img {100 * r['achieved_flops_fraction']:5.1f}% of ceiling",
+              flush=True)
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ceiling_tflops": {k: v / 1e12 for k, v in ceiling.items()},
+        "results": rows,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print("ceiling TFLOP/s: " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in ceiling.items()))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Model registry: config name -> (generator class, discriminator class).
+
+Every generator is called as G(z, resolution, alpha) and every discriminator as
+D(images, resolution, alpha) -> scores [N], so one trainer serves all of them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gan_hr.config import ModelConfig
+from gan_hr.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from gan_hr.models.progan import ProGANDiscriminator, ProGANGenerator
+from gan_hr.models.stylegan import StyleGANGenerator
+
+MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "progan": (ProGANGenerator, ProGANDiscriminator),
+    # StyleGAN v1 keeps the ProGAN discriminator (Karras et al. 2019, section 2).
+    "stylegan": (StyleGANGenerator, ProGANDiscriminator),
+    "dcgan": (DCGANGenerator, DCGANDiscriminator),
+}
+
+
+def build_generator(cfg: ModelConfig, max_res: int) -> nn.Module:
+    return MODELS[cfg.name][0](cfg, max_res)
+
+
+def build_discriminator(cfg: ModelConfig, max_res: int) -> nn.Module:
+    return MODELS[cfg.name][1](cfg, max_res)

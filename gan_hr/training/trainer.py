@@ -1,0 +1,442 @@
+"""The training loop on Accelerate: D and G steps, growth, EMA, checkpoints, samples, logging.
+
+Accelerate provides the process group, the device and autocast; gradients are averaged by hand
+(see grad_sync.py). Everything that decides what happens next (resolution, alpha, batch, lr,
+when to checkpoint) is a function of images seen, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from gan_hr.config import Config
+from gan_hr.data import make_loader, to_float
+from gan_hr.losses import discriminator_loss, generator_loss
+from gan_hr.models import build_discriminator, build_generator
+from gan_hr.sampling import save_grid
+from gan_hr.schedule import Phase, Schedule
+from gan_hr.training.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
+from gan_hr.training.ema import ema_beta, update_ema
+from gan_hr.training.grad_sync import average_buffers, average_gradients
+from gan_hr.training.run_dir import MetricsLog, RunDir
+from gan_hr.training.signals import StopRequest
+from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good state was checkpointed."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is; JSON-able, saved in every checkpoint's meta.json."""
+
+    step: int = 0
+    images_seen: int = 0
+    phase_index: int = 0
+    # Batches this rank has taken from the current phase's data stream (its resume position).
+    batches_in_phase: int = 0
+    nan_streak: int = 0
+    nan_skipped: int = 0
+    wandb_run_id: str | None = None
+
+    @property
+    def kimg(self) -> float:
+        return self.images_seen / 1000
+
+
+def _crossed(before: int, after: int, interval_kimg: float) -> bool:
+    interval = interval_kimg * 1000
+    return math.floor(before / interval) != math.floor(after / interval)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: RunDir,
+        accelerator: Accelerator,
+        data_root: str,
+        *,
+        resume: Checkpoint | None = None,
+        wandb_run_id: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.acc = accelerator
+        self.data_root = data_root
+        self.device = accelerator.device
+        self.rank = accelerator.process_index
+        self.world = accelerator.num_processes
+        self.schedule = Schedule(cfg.schedule)
+        self.log = MetricsLog(run_dir.metrics)
+
+        max_res = cfg.schedule.max_res
+        # Same init on every rank; per-rank randomness (latents, noise) comes after this.
+        torch.manual_seed(cfg.train.seed)
+        self.G = build_generator(cfg.model, max_res)
+        self.D = build_discriminator(cfg.model, max_res)
+        if cfg.model.name == "dcgan" and self._sync_batchnorm():
+            self.G = convert_sync_batchnorm(self.G)
+            self.D = convert_sync_batchnorm(self.D)
+        self.G.to(self.device).train()
+        self.D.to(self.device).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+
+        self.opt_G = self._optimizer(self.G)
+        self.opt_D = self._optimizer(self.D)
+        fp16 = cfg.train.mixed_precision == "fp16"
+        # One scaler per network: their overflow histories differ (Accelerate shares one).
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+        # Fixed latents for sample grids, identical across runs and resumes.
+        latents = torch.Generator().manual_seed(cfg.train.seed + 12345)
+        self.sample_z = torch.randn(cfg.train.sample_grid, cfg.model.latent_dim, generator=latents)
+
+        self.state = TrainState(wandb_run_id=wandb_run_id)
+        if resume is not None:
+            self._restore(resume)
+        else:
+            torch.manual_seed(cfg.train.seed * 1000 + self.rank + 1)
+        self.stop = StopRequest()
+        self._totals: dict[str, torch.Tensor] = {}
+        self._window_steps = 0
+        self._window_images = 0
+        self._window_start = time.perf_counter()
+        self._data_wait = 0.0
+        self._corrupt = 0
+        self._stop_agreed = False
+        # What the last step trained: a phase-end checkpoint describes the phase just finished.
+        if resume is not None:
+            self._res, self._alpha = int(resume.meta["resolution"]), float(resume.meta["alpha"])
+        else:
+            self._res, self._alpha = cfg.schedule.start_res, 1.0
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _sync_batchnorm(self) -> bool:
+        mode = self.cfg.model.sync_batchnorm
+        return mode == "on" or (mode == "auto" and self.world > 1)
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        return torch.optim.Adam(net.parameters(), lr=self.cfg.schedule.lr, betas=tuple(t.adam_betas), eps=t.adam_eps)
+
+    def _reset_optimizers(self) -> None:
+        self.opt_G = self._optimizer(self.G)
+        self.opt_D = self._optimizer(self.D)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.G.load_state_dict(ckpt.models["G"])
+        self.D.load_state_dict(ckpt.models["D"])
+        self.G_ema.load_state_dict(ckpt.models["G_ema"])
+        self.opt_G.load_state_dict(ckpt.optim["G"])
+        self.opt_D.load_state_dict(ckpt.optim["D"])
+        self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
+        self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
+        self.state = TrainState(**ckpt.meta["state"])
+        saved = (ckpt.meta["world_size"], ckpt.meta["config"]["data"]["num_workers"])
+        if saved != (self.world, self.cfg.data.num_workers):
+            warnings.warn(f"{ckpt.path.name} was written by {saved[0]} process(es) x {saved[1]} loader worker(s), this "
+                          f"run has {self.world} x {self.cfg.data.num_workers}: training continues, but the data "
+                          "order differs from an uninterrupted run", stacklevel=2)
+        torch.set_rng_state(ckpt.rng["torch"])
+        if self.device.type == "cuda" and "cuda" in ckpt.rng:
+            torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> TrainState:
+        """Train until max_steps, total_kimg, a stop signal or divergence; always checkpoints."""
+        t = self.cfg.train
+        total_images = round(t.total_kimg * 1000)
+        bar = self._progress_bar(total_images)
+        batches: Iterator[dict[str, Any]] | None = None
+        loader = None
+        reason = None
+        if self.state.step == 0:
+            self._write_samples(self.schedule.phase_at(0))
+        try:
+            while True:
+                phase = self.schedule.phase_at(self.state.images_seen)
+                if phase.index != self.state.phase_index:
+                    self._enter_phase(phase)
+                    batches = None
+                if batches is None:
+                    # DataLoader draws its base seed from the global RNG: keep that draw out of
+                    # the training stream, or a resumed run would be one draw off.
+                    with torch.random.fork_rng(devices=[]):
+                        loader = self._loader(phase)
+                        batches = iter(loader)
+                before = self.state.images_seen
+                self.train_step(phase, self._next_batch(batches))
+                bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
+
+                stop_signal = self._stop_agreed
+                reason = self._stop_reason(stop_signal, total_images)
+                phase_done = self.schedule.phase_at(self.state.images_seen).index != phase.index
+                if self.state.step % t.log_every_steps == 0 or phase_done or reason:
+                    self._log_window(phase, bar)
+                if phase_done or _crossed(before, self.state.images_seen, t.sample_every_kimg) or reason:
+                    self._write_samples(phase)
+                if phase_done:
+                    self._checkpoint("phase_end")
+                elif reason or _crossed(before, self.state.images_seen, t.checkpoint_every_kimg):
+                    self._checkpoint("final" if reason else "periodic")
+                if reason:
+                    break
+        finally:
+            bar.close()
+            self.stop.restore()
+            del batches, loader
+        if reason == "diverged":
+            raise TrainingDiverged(
+                f"{self.state.nan_streak} non-finite steps in a row at step {self.state.step}; "
+                f"the last good state is in {self.run_dir.checkpoints}")
+        if self.acc.is_main_process:
+            tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg; "
+                       f"samples in {self.run_dir.samples}")
+        return self.state
+
+    def _stop_reason(self, stop_signal: bool, total_images: int) -> str | None:
+        t = self.cfg.train
+        if self.state.nan_streak >= t.nan_tolerance:
+            return "diverged"
+        if stop_signal:
+            return f"signal {self.stop.signal_name or 'on another rank'}"
+        if t.max_steps is not None and self.state.step >= t.max_steps:
+            return "max_steps"
+        if self.state.images_seen >= total_images:
+            return "total_kimg"
+        return None
+
+    def _enter_phase(self, phase: Phase) -> None:
+        """A new resolution starts: the official ProGAN resets Adam's moments here."""
+        if self.cfg.train.reset_optimizer_on_grow:
+            self._reset_optimizers()
+        self.state.phase_index = phase.index
+        self.state.batches_in_phase = 0
+
+    def _loader(self, phase: Phase):
+        per_rank = self.schedule.batch_size(phase.resolution) // self.world
+        return make_loader(
+            self.data_root,
+            phase.resolution,
+            per_rank,
+            seed=self.cfg.train.seed,
+            rank=self.rank,
+            world_size=self.world,
+            num_workers=self.cfg.data.num_workers,
+            start_batch=self.state.batches_in_phase,
+            mirror=self.cfg.data.mirror,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------ one step
+
+    def _next_batch(self, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+        wait_start = time.perf_counter()
+        batch = next(batches)
+        self._data_wait += time.perf_counter() - wait_start
+        self._corrupt += int(batch.get("skipped", 0))
+        return batch["image"]
+
+    def train_step(self, phase: Phase, images: torch.Tensor) -> None:
+        """One D step and one G step on a uint8 batch [n, 3, R, R] of this rank's reals, then EMA."""
+        cfg = self.cfg
+        res = self._res = phase.resolution
+        alpha = self._alpha = phase.alpha(self.state.images_seen)
+        global_batch = self.schedule.batch_size(res)
+        lr = self.schedule.lr(res)
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        real = to_float(images.to(self.device, non_blocking=True))
+        n = real.shape[0]
+
+        def D(x: torch.Tensor) -> torch.Tensor:
+            return self.D(x, res, alpha)
+
+        # Discriminator step.
+        self.D.requires_grad_(True)
+        z = torch.randn(n, cfg.model.latent_dim, device=self.device)
+        with torch.no_grad(), self.acc.autocast():
+            fake = self.G(z, res, alpha)
+        regularize = self.state.step % cfg.loss.r1_every == 0
+        grad_scale = self.scaler_D.get_scale() if self.scaler_D.is_enabled() else 1.0
+        with self.acc.autocast():
+            loss_d, stats_d = discriminator_loss(cfg.loss, D, real, fake.float(), regularize=regularize,
+                                                 grad_scale=grad_scale)
+        d_ok, _ = self._apply(loss_d, self.D, self.opt_D, self.scaler_D)
+
+        # Generator step.
+        self.D.requires_grad_(False)
+        z = torch.randn(n, cfg.model.latent_dim, device=self.device)
+        with self.acc.autocast():
+            loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
+        stop_flag = torch.tensor([1.0 if self.stop.requested else 0.0])
+        g_ok, stop_avg = self._apply(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
+        self.D.requires_grad_(True)
+        average_buffers(self.G)
+        average_buffers(self.D)
+
+        if d_ok and g_ok:
+            self.state.nan_streak = 0
+            beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
+            update_ema(self.G_ema, self.G, beta)
+        else:
+            self.state.nan_streak += 1
+            self.state.nan_skipped += 1
+        self._stop_agreed = stop_avg > 0
+
+        self.state.step += 1
+        self.state.images_seen += global_batch
+        self.state.batches_in_phase += 1
+        self._accumulate({**stats_d, **stats_g})
+        self._window_steps += 1
+        self._window_images += global_batch
+
+    def _apply(self, loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, flags: torch.Tensor | None = None) -> tuple[bool, float]:
+        """Backward, average gradients across ranks, and step unless they are not finite.
+
+        Returns whether the step was applied and the largest averaged flag; the one host sync
+        per network here is what lets every rank skip a bad step together."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        flags_avg, finite = average_gradients(net, flags if flags is not None else torch.zeros(1))
+        scaler.unscale_(opt)
+        finite_ok, *flag_values = torch.cat([finite.reshape(1).float(), flags_avg.float()]).tolist()
+        if finite_ok:
+            scaler.step(opt)
+        scaler.update()
+        return bool(finite_ok), max(flag_values)
+
+    # ------------------------------------------------------------------ logging, samples, checkpoints
+
+    def _accumulate(self, stats: dict[str, torch.Tensor]) -> None:
+        for key, value in stats.items():
+            value = value.detach().float()
+            self._totals[key] = self._totals[key] + value if key in self._totals else value
+
+    def _log_window(self, phase: Phase, bar: tqdm) -> None:
+        """Reduce the window's statistics across ranks once, then log on the main process."""
+        keys = sorted(self._totals)
+        local = torch.stack([self._totals[k] / self._window_steps for k in keys]
+                            + [torch.tensor(float(self._corrupt), device=self.device)])
+        reduced = self.acc.reduce(local.to(self.device), reduction="sum") if self.world > 1 else local
+        values = reduced.tolist()
+        elapsed = time.perf_counter() - self._window_start
+        record: dict[str, Any] = {
+            "step": self.state.step,
+            "kimg": round(self.state.kimg, 4),
+            "resolution": phase.resolution,
+            "alpha": round(self._alpha, 6),
+            "phase": phase.index,
+            "batch_size": self.schedule.batch_size(phase.resolution),
+            "lr": self.schedule.lr(phase.resolution),
+        }
+        record.update({k: v / self.world for k, v in zip(keys, values[:-1])})
+        record.update({
+            "images_per_s": self._window_images / elapsed,
+            "sec_per_kimg": elapsed / (self._window_images / 1000),
+            "data_wait_frac": self._data_wait / elapsed,
+            "peak_mem_mb": self._peak_memory_mb(),
+            "nan_skipped": self.state.nan_skipped,
+            "corrupt_skipped": int(values[-1]),
+        })
+        if self.acc.is_main_process:
+            self.log.append(record)
+            self.acc.log({k: v for k, v in record.items() if k != "step"}, step=self.state.step)
+            bar.set_postfix(res=phase.resolution, alpha=f"{record['alpha']:.2f}", kimg=f"{record['kimg']:.1f}",
+                            img_s=f"{record['images_per_s']:.1f}")
+        self._totals.clear()
+        self._window_steps = self._window_images = 0
+        self._data_wait = 0.0
+        self._window_start = time.perf_counter()
+
+    def _peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _write_samples(self, phase: Phase) -> None:
+        if not self.acc.is_main_process:
+            return
+        alpha = phase.alpha(self.state.images_seen)
+        path = self.run_dir.samples / f"step{self.state.step:08d}-res{phase.resolution}.png"
+        G = self.G_ema
+        kwargs = {"noise_mode": "const"} if getattr(G, "supports_style", False) else {}
+        with torch.no_grad():
+            images = G(self.sample_z.to(self.device), phase.resolution, alpha, **kwargs)
+        grid = save_grid(images.float().cpu(), path)
+        if self.cfg.tracking.backend == "wandb":
+            self.acc.get_tracker("wandb").log_images({"samples": [grid]}, step=self.state.step)
+
+    def _checkpoint(self, kind: str) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "kind": kind,
+            "step": self.state.step,
+            "kimg": self.state.kimg,
+            "resolution": self._res,
+            "alpha": self._alpha,
+            "world_size": self.world,
+            "rank_checksums": self._rank_checksums(),
+            "state": asdict(self.state),
+            "config": self.cfg.to_dict(),
+            "torch_version": torch.__version__,
+        }
+        write_checkpoint(
+            self.run_dir.checkpoints,
+            self.state.step,
+            rank=self.rank,
+            models={"G": _unwrap_state(self.G), "D": _unwrap_state(self.D), "G_ema": _unwrap_state(self.G_ema)},
+            optim={"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict(),
+                   "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict()},
+            rng=rng,
+            meta=meta,
+            barrier=self.acc.wait_for_everyone,
+        )
+        if self.acc.is_main_process:
+            prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_checkpoints)
+
+    def _rank_checksums(self) -> list[list[float]]:
+        """Sums of every rank's G, D and G_ema state, gathered: identical rows mean the ranks
+        are in sync (kept in meta.json for users and tests to check)."""
+        local = torch.stack([
+            torch.stack([t.detach().double().sum() for t in net.state_dict().values() if t.is_floating_point()]).sum()
+            for net in (self.G, self.D, self.G_ema)
+        ]).to(self.device)
+        gathered = self.acc.gather(local.unsqueeze(0)) if self.world > 1 else local.unsqueeze(0)
+        return gathered.cpu().tolist()
+
+    def _progress_bar(self, total_images: int) -> tqdm:
+        t = self.cfg.train
+        disable = not self.acc.is_main_process
+        if t.max_steps:
+            return tqdm(total=t.max_steps, initial=min(self.state.step, t.max_steps), unit="step", disable=disable,
+                        dynamic_ncols=True)
+        return tqdm(total=total_images, initial=min(self.state.images_seen, total_images), unit="img",
+                    unit_scale=True, disable=disable, dynamic_ncols=True)
+
+
+def _unwrap_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A plain state dict, without compile or SyncBatchNorm wrapper prefixes."""
+    module = getattr(module, "_orig_mod", module)
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

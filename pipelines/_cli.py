@@ -1,0 +1,46 @@
+"""The command line shared by the training entry points: parse, load the config, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parser(prog: str, default_config: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train a GAN; key=value arguments override config keys.")
+    p.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--resume", default="none",
+                   help="auto: newest checkpoint in the run directory; none: fresh run; or a checkpoint path")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=200 model.name=stylegan")
+    return p
+
+
+def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_resolution: bool = False) -> int:
+    """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written).
+
+    `single_resolution` is for the baselines: one resolution, no growing."""
+    from gan_hr.config import ConfigError, load_config
+    from gan_hr.training.launch import LaunchError, run_training
+    from gan_hr.training.trainer import TrainingDiverged
+
+    args = _parser(prog, default_config).parse_args(argv)
+    config = Path(args.config)
+    if not config.is_file() and (ROOT / config).is_file():
+        config = ROOT / config
+    try:
+        cfg = load_config(config, args.overrides)
+        if single_resolution and cfg.schedule.start_res != cfg.schedule.max_res:
+            raise ConfigError(f"schedule.start_res: {prog} trains one resolution; set it equal to schedule.max_res "
+                              f"({cfg.schedule.max_res}) or use train_progressive.py")
+        run_training(cfg, run_dir=args.run_dir, resume=args.resume, name=config.stem)
+    except (ConfigError, LaunchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,149 @@
+"""Images from a checkpoint's EMA generator: a grid, one PNG per sample, a style-mixing grid,
+an interpolation strip or a truncation sweep.
+
+    python pipelines/generate.py --checkpoint P --out F.png [--num N] [--seed S] [--truncation PSI]
+    python pipelines/generate.py --checkpoint P --out samples/ --num 1000     # seed0000.png, ...
+    python pipelines/generate.py --checkpoint P --out mix.png --mode mixing --mix-layers coarse
+    python pipelines/generate.py --checkpoint P --out lerp.png --mode interpolation --seed 3 --seed-to 7
+
+Sample i is drawn from seed S + i alone (and StyleGAN's noise inputs are fixed), so the same
+seed gives the same image whatever --num or --batch-size is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from gan_hr.inference import TrainedGenerator, generate, load_generator  # noqa: E402
+from gan_hr.sampling import (  # noqa: E402
+    interpolate_latents,
+    interpolate_w,
+    latents_from_seeds,
+    save_grid,
+    style_mixing_grid,
+    to_uint8,
+    truncation_grid,
+)
+from gan_hr.training.checkpoint import CheckpointError  # noqa: E402
+
+MODES = ("grid", "mixing", "interpolation", "truncation")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, a checkpoints/ folder or a run directory")
+    p.add_argument("--out", required=True, help="F.png for one image; DIR/ (or an existing directory) for one PNG per sample")
+    p.add_argument("--mode", choices=MODES, default="grid")
+    p.add_argument("--num", type=int, default=16, help="samples (grid), columns (mixing) or rows (truncation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=None,
+                   help="StyleGAN truncation psi (default: the config's model.truncation_psi)")
+    p.add_argument("--truncation-cutoff", type=int, default=None, help="layers truncated (default: the config's)")
+    p.add_argument("--rows", type=int, default=3, help="mixing: row sources")
+    p.add_argument("--mix-layers", default="coarse",
+                   help="mixing: coarse (4²-8²), middle (16²-32²), fine (64² up), or a range of w indices like 0-3")
+    p.add_argument("--seed-to", type=int, default=None, help="interpolation: the end seed (default seed + 1)")
+    p.add_argument("--steps", type=int, default=8, help="interpolation: images in the strip")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-ema", action="store_true", help="use G instead of the EMA generator")
+    return p
+
+
+def mixing_layers(spec: str, num_ws: int) -> range:
+    """w indices for a named band (two ws per resolution from 4²) or an explicit 'a-b'."""
+    bands = {"coarse": range(0, 4), "middle": range(4, 8), "fine": range(8, num_ws)}
+    if spec in bands:
+        layers = bands[spec]
+    else:
+        lo, _, hi = spec.partition("-")
+        layers = range(int(lo), int(hi or lo) + 1)
+    layers = range(layers.start, min(layers.stop, num_ws))
+    if not layers:
+        raise ValueError(f"--mix-layers {spec}: no style layer in range at this resolution ({num_ws} layers)")
+    return layers
+
+
+def run(args: argparse.Namespace) -> Path:
+    trained = load_generator(args.checkpoint, use_ema=not args.no_ema)
+    G = trained.generator
+    style = getattr(G, "supports_style", False)
+    psi = args.truncation if args.truncation is not None else (trained.config.model.truncation_psi if style else 1.0)
+    if not style and (psi != 1.0 or args.mode in ("mixing", "truncation")):
+        raise ValueError(f"{args.mode if args.mode != 'grid' else '--truncation'} needs a StyleGAN checkpoint "
+                         f"(this one is {trained.config.model.name})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    G.to(device)
+    style_kwargs = {"truncation_psi": psi, "truncation_cutoff": args.truncation_cutoff, "noise_mode": "const"}
+    res, alpha = trained.resolution, trained.alpha
+    out = Path(args.out)
+    per_sample = args.out.endswith("/") or out.is_dir()
+
+    if args.mode == "grid":
+        seeds = list(range(args.seed, args.seed + args.num))
+        images = _generate(trained, latents_from_seeds(seeds, G.latent_dim), args.batch_size, style_kwargs)
+        if per_sample:
+            out.mkdir(parents=True, exist_ok=True)
+            for seed, image in zip(seeds, to_uint8(images)):
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / f"seed{seed:04d}.png")
+            return out
+        save_grid(images, out)
+        return out
+    if per_sample:
+        raise ValueError(f"--mode {args.mode} writes one image: give --out a .png path")
+    if args.mode == "mixing":
+        cols = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
+        rows = latents_from_seeds(range(args.seed + args.num, args.seed + args.num + args.rows), G.latent_dim)
+        layers = mixing_layers(args.mix_layers, G.num_ws_at(res))
+        with torch.no_grad():
+            images = style_mixing_grid(G, cols, rows, layers, res, alpha, truncation_psi=psi,
+                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size)
+        save_grid(images, out, nrow=args.num + 1)
+    elif args.mode == "interpolation":
+        end = args.seed_to if args.seed_to is not None else args.seed + 1
+        z0, z1 = latents_from_seeds([args.seed, end], G.latent_dim)
+        with torch.no_grad():
+            if style:
+                images = interpolate_w(G, z0, z1, args.steps, res, alpha, truncation_psi=psi,
+                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size)
+            else:
+                images = _generate(trained, interpolate_latents(z0, z1, args.steps), args.batch_size, style_kwargs)
+        save_grid(images, out, nrow=args.steps)
+    else:
+        psis = [1.0, 0.85, 0.7, 0.5, 0.25, 0.0]
+        z = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
+        with torch.no_grad():
+            images = truncation_grid(G, z, psis, res, alpha, truncation_cutoff=args.truncation_cutoff,
+                                     batch_size=args.batch_size)
+        save_grid(images, out, nrow=len(psis))
+    return out
+
+
+def _generate(trained: TrainedGenerator, z: torch.Tensor, batch_size: int, style_kwargs: dict) -> torch.Tensor:
+    device = next(trained.generator.parameters()).device
+    chunks = [generate(trained, chunk.to(device), **style_kwargs).float().cpu() for chunk in z.split(batch_size)]
+    return torch.cat(chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.num < 1 or args.steps < 2 or args.batch_size < 1:
+        print("error: --num and --batch-size must be positive, --steps at least 2", file=sys.stderr)
+        return 2
+    try:
+        out = run(args)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""pipelines/generate.py on real checkpoints of tiny StyleGAN and ProGAN runs."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from train_helpers import ROOT, train
+
+sys.path.insert(0, str(ROOT / "pipelines"))
+import generate  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_data):
+    root = tmp_path_factory.mktemp("gen")
+    # 12 steps: into the 8² fade, so the checkpoint sits mid-fade at alpha 0.5.
+    for model in ("stylegan", "progan"):
+        train(root / model, synthetic_data, "train.max_steps=12", f"model.name={model}")
+    return root
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_grid(runs, tmp_path):
+    out = tmp_path / "grid.png"
+    assert generate.main(["--checkpoint", str(runs / "stylegan"), "--out", str(out), "--num", "9"]) == 0
+    # 3x3 tiles of 8² with 2-pixel padding.
+    assert _png(out).shape == (3 * 10 + 2, 3 * 10 + 2, 3)
+
+
+def test_same_seed_same_image(runs, tmp_path):
+    a, b = tmp_path / "a/", tmp_path / "b/"
+    generate.main(["--checkpoint", str(runs / "stylegan"), "--out", f"{a}/", "--num", "4", "--seed", "10"])
+    generate.main(["--checkpoint", str(runs / "stylegan"), "--out", f"{b}/", "--num", "2", "--seed", "12",
+                   "--batch-size", "1"])
+    assert sorted(p.name for p in a.iterdir()) == ["seed0010.png", "seed0011.png", "seed0012.png", "seed0013.png"]
+    assert np.array_equal(_png(a / "seed0012.png"), _png(b / "seed0012.png"))
+    assert np.array_equal(_png(a / "seed0013.png"), _png(b / "seed0013.png"))
+    assert not np.array_equal(_png(a / "seed0010.png"), _png(a / "seed0011.png"))
+
+
+def test_truncation_zero_gives_the_average_face(runs, tmp_path):
+    out = tmp_path / "t/"
+    generate.main(["--checkpoint", str(runs / "stylegan"), "--out", str(out) + "/", "--num", "3", "--truncation", "0"])
+    images = [_png(p) for p in sorted(out.iterdir())]
+    assert all(np.array_equal(images[0], im) for im in images[1:])
+
+
+def test_mixing_interpolation_and_truncation_sweep(runs, tmp_path):
+    ck = str(runs / "stylegan")
+    assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "m.png"), "--mode", "mixing", "--num", "4",
+                          "--rows", "2", "--mix-layers", "0-1"]) == 0
+    assert _png(tmp_path / "m.png").shape[:2] == (3 * 10 + 2, 5 * 10 + 2)
+    assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "i.png"), "--mode", "interpolation",
+                          "--steps", "6"]) == 0
+    strip = _png(tmp_path / "i.png")
+    assert strip.shape[:2] == (12, 6 * 10 + 2)
+    tiles = [strip[2:10, 2 + 10 * i: 10 + 10 * i] for i in range(6)]
+    assert not np.array_equal(tiles[0], tiles[-1])
+    assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "s.png"), "--mode", "truncation",
+                          "--num", "2"]) == 0
+
+
+def test_progan_grid_and_interpolation(runs, tmp_path):
+    ck = str(runs / "progan")
+    assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "g.png"), "--num", "4"]) == 0
+    assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "i.png"), "--mode", "interpolation"]) == 0
+
+
+def test_style_options_need_a_stylegan(runs, tmp_path, capsys):
+    code = generate.main(["--checkpoint", str(runs / "progan"), "--out", str(tmp_path / "x.png"), "--truncation", "0.5"])
+    assert code == 2
+    assert "needs a StyleGAN checkpoint (this one is progan)" in capsys.readouterr().err
+    assert generate.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
