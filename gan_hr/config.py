@@ -108,9 +108,12 @@ class TrainConfig:
     log_every_steps: int = 10
     # Non-finite steps in a row before the run stops with a checkpoint of the last good state.
     nan_tolerance: int = 10
+    # Metrics during training (swd, fid, kid) on the EMA generator; errors never stop training.
     metrics: list[str] = field(default_factory=list)
     metrics_every_kimg: float = 500.0
     metrics_num_images: int = 2048
+    # The Inception weights file FID/KID need (else $GAN_HR_INCEPTION_WEIGHTS); never downloaded.
+    inception_weights: str | None = None
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +38,26 @@ def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_
         if single_resolution and cfg.schedule.start_res != cfg.schedule.max_res:
             raise ConfigError(f"schedule.start_res: {prog} trains one resolution; set it equal to schedule.max_res "
                               f"({cfg.schedule.max_res}) or use train_progressive.py")
-        run_training(cfg, run_dir=args.run_dir, resume=args.resume, name=config.stem)
+        run = run_training(cfg, run_dir=args.run_dir, resume=args.resume, name=config.stem)
     except (ConfigError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") == "0":
+        _write_plots(run.root)
     return 0
+
+
+def _write_plots(run_dir: Path) -> None:
+    """Plots of the run's metrics; a plotting problem is reported, never a failed run."""
+    from gan_hr.plots import plot_run
+
+    try:
+        written = plot_run(run_dir)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"no plots written: {exc}", stacklevel=2)
+        return
+    if written:
+        print(f"plots in {written[0].parent}")

@@ -43,6 +43,7 @@ def test_demo_grows_and_writes_the_run_directory(tmp_path, synthetic_data):
     kinds = {meta(c)["kind"] for c in checkpoints(run)}
     assert kinds == {"phase_end", "final"}
     assert "stopped (max_steps) at step 14" in proc.stdout + proc.stderr
+    assert {p.name for p in (run / "plots").iterdir()} >= {"losses.png", "regularization.png", "throughput.png"}
 
 
 @pytest.mark.parametrize("model", ["progan", "stylegan"])
@@ -161,3 +162,28 @@ def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path, synthetic_data):
         assert row["loss_d"] == pytest.approx(record["loss_d"])
         assert row["resolution"] == record["resolution"] and "images_per_s" in row and "gp" in row
     assert any(row.get("samples/_type") == "images/separated" for row in rows)
+
+
+def test_metrics_during_training_are_logged_and_keep_resume_exact(tmp_path, synthetic_data):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    # 16² from step 16 (SWD needs 16² or more); evaluate every 64 images and at the end.
+    common = ["train.metrics=[swd]", "train.metrics_every_kimg=0.064", "train.metrics_num_images=32",
+              "schedule.start_res=8", "schedule.stable_kimg=0.128"]
+    train(straight, synthetic_data, "train.max_steps=28", *common)
+    train(split, synthetic_data, "train.max_steps=20", *common)
+    train(split, synthetic_data, "train.max_steps=28", *common, resume="auto")
+    assert_same_state(checkpoints(straight)[-1], checkpoints(split)[-1])
+    evaluations = [r for r in metrics(straight) if r.get("metric_source") == "training"]
+    assert [r["step"] for r in evaluations] == [24, 28]
+    assert all(r["resolution"] == 16 and r["swd_mean"] > 0 and "swd_16" in r for r in evaluations)
+    assert [r["step"] for r in metrics(split) if "swd_mean" in r] == [20, 24, 28]
+
+
+def test_fid_without_weights_is_refused_before_training(tmp_path, synthetic_data):
+    run = tmp_path / "run"
+    env = cpu_env()
+    env.pop("GAN_HR_INCEPTION_WEIGHTS", None)
+    proc = train(run, synthetic_data, "train.metrics=[fid]", check=False, env=env)
+    assert proc.returncode == 2
+    assert "error: train.inception_weights:" in proc.stderr and "weights-inception-2015-12-05" in proc.stderr
+    assert not run.exists()

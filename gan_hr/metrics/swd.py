@@ -225,9 +225,25 @@ def compute_swd(
             f"SWD needs as many fake as real images: {real_desc[0].shape[0] // num_patches} real, "
             f"{fake_desc[0].shape[0] // num_patches} fake"
         )
+    return swd_from_descriptors(real_desc, fake_desc, real_res, seed=seed, num_dirs=num_dirs, repeats=repeats,
+                                device=device)
+
+
+def swd_from_descriptors(
+    real: list[Tensor],
+    fake: list[Tensor],
+    resolution: int,
+    *,
+    seed: int = 0,
+    num_dirs: int = 512,
+    repeats: int = 4,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The distances x 1e3 per level and their mean, from per-level descriptor sets (finest
+    first), e.g. gathered from several processes."""
     dir_generator = torch.Generator().manual_seed(seed + 1)
     result = {}
-    for res, a, b in zip(level_resolutions(real_res), real_desc, fake_desc):
+    for res, a, b in zip(level_resolutions(resolution), real, fake):
         a = normalize_descriptors(a.to(device))
         b = normalize_descriptors(b.to(device))
         swd = sliced_wasserstein(a, b, num_dirs=num_dirs, repeats=repeats, generator=dir_generator)

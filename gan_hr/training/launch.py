@@ -16,10 +16,12 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from gan_hr.config import Config, ConfigError, save_config
+from gan_hr.evaluation import Evaluator
+from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
 from gan_hr.training.checkpoint import Checkpoint, complete_checkpoints, load_checkpoint, load_newest, resolve_checkpoint
 from gan_hr.training.run_dir import MetricsLog, RunDir
-from gan_hr.training.trainer import Trainer, TrainState
+from gan_hr.training.trainer import Trainer
 
 
 class LaunchError(RuntimeError):
@@ -97,12 +99,30 @@ def prepare_data(cfg: Config, acc: Accelerator) -> str:
     return str(out)
 
 
-def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str) -> TrainState:
-    """Check everything, then train; the run directory is written only after all checks pass."""
+def make_evaluator(cfg: Config, acc: Accelerator, data_root: str) -> Evaluator | None:
+    """The metrics evaluator when train.metrics asks for one; a missing Inception file or a
+    metric set larger than the data fails here, before training starts."""
+    t = cfg.train
+    if not t.metrics:
+        return None
+    try:
+        return Evaluator(data_root, t.metrics, num_images=t.metrics_num_images, seed=t.seed, device=acc.device,
+                         inception_weights=t.inception_weights, rank=acc.process_index,
+                         world_size=acc.num_processes, gather=acc.gather)
+    except MissingInceptionWeights as exc:
+        raise ConfigError(f"train.inception_weights: {exc}".splitlines()[0]) from exc
+    except ValueError as exc:
+        raise ConfigError(f"train.metrics: {exc}") from exc
+
+
+def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str) -> RunDir:
+    """Check everything, then train; the run directory is written only after all checks pass.
+    Returns the run directory."""
     acc = make_accelerator(cfg)
     run = choose_run_dir(acc, run_dir, name)
     ckpt = select_resume(acc, run, resume)
     data_root = prepare_data(cfg, acc)
+    evaluator = make_evaluator(cfg, acc, data_root)
 
     run_id = (ckpt.meta["state"].get("wandb_run_id") if ckpt else None) or secrets.token_hex(4)
     if acc.is_main_process:
@@ -119,9 +139,10 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str) ->
             init_kwargs={"wandb": {"id": run_id, "resume": "allow", "dir": str(run.root),
                                    "name": cfg.tracking.run_name or run.root.name, "entity": cfg.tracking.entity}},
         )
-    trainer = Trainer(cfg, run, acc, data_root, resume=ckpt, wandb_run_id=run_id)
+    trainer = Trainer(cfg, run, acc, data_root, resume=ckpt, wandb_run_id=run_id, evaluator=evaluator)
     try:
-        return trainer.train()
+        trainer.train()
+        return run
     finally:
         acc.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():

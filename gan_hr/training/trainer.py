@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from gan_hr.config import Config
 from gan_hr.data import make_loader, to_float
+from gan_hr.evaluation import Evaluator
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.sampling import save_grid
@@ -72,6 +73,7 @@ class Trainer:
         *,
         resume: Checkpoint | None = None,
         wandb_run_id: str | None = None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
@@ -82,6 +84,7 @@ class Trainer:
         self.world = accelerator.num_processes
         self.schedule = Schedule(cfg.schedule)
         self.log = MetricsLog(run_dir.metrics)
+        self.evaluator = evaluator
 
         max_res = cfg.schedule.max_res
         # Same init on every rank; per-rank randomness (latents, noise) comes after this.
@@ -192,6 +195,8 @@ class Trainer:
                     self._log_window(phase, bar)
                 if phase_done or _crossed(before, self.state.images_seen, t.sample_every_kimg) or reason:
                     self._write_samples(phase)
+                if self.evaluator and (_crossed(before, self.state.images_seen, t.metrics_every_kimg) or reason):
+                    self._evaluate()
                 if phase_done:
                     self._checkpoint("phase_end")
                 elif reason or _crossed(before, self.state.images_seen, t.checkpoint_every_kimg):
@@ -367,6 +372,23 @@ class Trainer:
         self._window_steps = self._window_images = 0
         self._data_wait = 0.0
         self._window_start = time.perf_counter()
+
+    def _evaluate(self) -> None:
+        """Metrics of the EMA generator at what it was last trained on, logged with their kimg.
+        A failing metric is reported in the log and never stops training."""
+        names = self.evaluator.metrics_at(self._res)
+        if not names:
+            return
+        record: dict[str, Any] = {"step": self.state.step, "kimg": round(self.state.kimg, 4),
+                                  "resolution": self._res, "alpha": round(self._alpha, 6), "metric_source": "training"}
+        try:
+            record.update(self.evaluator(self.G_ema, self._res, self._alpha, metrics=names))
+        except Exception as exc:  # a metric must never kill a week-long run
+            record["metric_error"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"metrics at step {self.state.step} failed: {record['metric_error']}", stacklevel=2)
+        if self.acc.is_main_process:
+            self.log.append(record)
+            self.acc.log({k: v for k, v in record.items() if k not in ("step", "metric_source")}, step=self.state.step)
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":

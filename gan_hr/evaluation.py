@@ -1,0 +1,310 @@
+"""Image-quality metrics of a generator against a data set, for evaluate.py and the trainer.
+
+What is compared, exactly:
+
+* Real: the first ``num_images`` images of the data set's stream at the generator's resolution,
+  read by one reader with ``seed``, no mirroring (`gan_hr.data.ShardStream`). With several
+  processes, rank r reads positions ``[r * share, (r + 1) * share)`` of that same stream, so the
+  set does not depend on the number of processes.
+* Fake: sample i comes from ``latents_from_seeds([seed + i])`` (what ``generate.py --seed S``
+  writes as sample i), through the generator in eval mode without gradients, StyleGAN noise
+  ``const``, quantised to uint8 as a saved PNG would be. Rank r makes samples
+  ``[r * share, (r + 1) * share)``.
+
+Per-process features (Inception pool features, SWD patch descriptors) are concatenated across
+processes with ``gather`` (e.g. ``accelerator.gather``) in rank order, and cut back to
+``num_images``, so every process returns the same numbers, and SWD is
+``compute_swd(real, fake, seed=seed)`` of those images whatever the number of processes.
+
+Nothing here draws from the global torch RNG (latents, patch positions and projection directions
+come from their own generators) and the whole evaluation runs inside ``fork_rng`` as well: a
+training run that evaluates stays bit-exact on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from gan_hr.data import ShardInfo, ShardStream, load_manifest, resolution_shards
+from gan_hr.metrics import (
+    METRICS,
+    NEEDS_INCEPTION,
+    InceptionFeatures,
+    inception_metrics,
+    resolve_inception_weights,
+    stats_cache_key,
+    to_uint8,
+)
+from gan_hr.metrics.swd import (
+    MIN_RESOLUTION as SWD_MIN_RESOLUTION,
+    level_resolutions,
+    swd_descriptors,
+    swd_from_descriptors,
+)
+from gan_hr.sampling import latents_from_seeds
+
+__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "evaluate_generator"]
+
+Gather = Callable[[Tensor], Tensor]
+SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def default_cache_dir(data_root: str) -> Path:
+    """Where real-image Inception statistics are kept when no cache_dir is given.
+
+    ``<data_root>/.fid_cache`` for a local data set we may write to; otherwise (read-only
+    or remote data) ``$XDG_CACHE_HOME/gan_hr/fid`` (``~/.cache/gan_hr/fid``). The file names
+    hash the manifest, so one folder can serve many data sets.
+    """
+    local = Path(data_root)
+    if "://" not in data_root and not data_root.startswith("pipe:") and local.is_dir() and os.access(local, os.W_OK):
+        return local / ".fid_cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan_hr" / "fid"
+
+
+class Evaluator:
+    """Metrics of generators against one data set; build once, call at each evaluation.
+
+    Building it checks the metric names and loads the Inception network when FID or KID is asked
+    for (raising ``MissingInceptionWeights`` before any work), so a training run fails at start-up
+    rather than at its first evaluation. Call it on every process of a distributed run with that
+    process's ``rank`` and a ``gather`` that concatenates tensors across processes in rank order.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        metrics: Sequence[str],
+        *,
+        num_images: int,
+        batch_size: int = 32,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        inception_weights: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        gather: Gather | None = None,
+        progress: bool = False,
+    ) -> None:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(sorted(METRICS))}")
+        if num_images < 2 or batch_size < 1:
+            raise ValueError(f"num_images must be at least 2 and batch_size positive, got {num_images}, {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if world_size > 1 and gather is None:
+            raise ValueError("a distributed evaluation needs a gather function (e.g. accelerator.gather)")
+        # First, so that a missing weights file is the error reported even when more is wrong.
+        weights = resolve_inception_weights(inception_weights) if NEEDS_INCEPTION.intersection(metrics) else None
+        self.data_root = data_root
+        self.metrics = list(dict.fromkeys(metrics))
+        self.manifest = load_manifest(data_root)
+        if num_images > self.manifest["num_images"]:
+            raise ValueError(f"num_images {num_images} is more than the {self.manifest['num_images']} images "
+                             f"of {data_root}; the real set would repeat images")
+        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.gather = gather or _identity
+        self.progress = progress
+        # Equal shares, so that gathers see the same shape on every rank; the surplus is cut.
+        self.share = math.ceil(num_images / world_size)
+        self.inception = InceptionFeatures(weights, device=self.device) if weights is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_root)
+        self._cache_paths: dict[int, Path] = {}
+
+    def metrics_at(self, resolution: int) -> list[str]:
+        """The configured metrics that can be computed at ``resolution`` (SWD needs 16² or more)."""
+        return [m for m in self.metrics if m != "swd" or resolution >= SWD_MIN_RESOLUTION]
+
+    def __call__(
+        self,
+        G: nn.Module,
+        resolution: int,
+        alpha: float = 1.0,
+        *,
+        metrics: Sequence[str] | None = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+    ) -> dict[str, float]:
+        """``metrics`` (default: all configured) of ``G(z, resolution, alpha)``, as a flat dict:
+        ``swd_<res>`` and ``swd_mean`` (x 1e3), ``fid``, ``kid`` and ``kid_std``.
+
+        Generation runs on G's device, in eval mode (G's mode is restored after).
+        """
+        names = list(dict.fromkeys(metrics)) if metrics is not None else self.metrics
+        extra = [m for m in names if m not in self.metrics]
+        if extra or not names:
+            raise ValueError(f"metrics {extra or '(none)'} were not configured; this evaluator has {self.metrics}")
+        if "swd" in names and resolution < SWD_MIN_RESOLUTION:
+            raise ValueError(f"SWD needs images of at least {SWD_MIN_RESOLUTION}², got {resolution}² "
+                             "(metrics_at(resolution) lists what applies)")
+        style = getattr(G, "supports_style", False)
+        if not style and (truncation_psi != 1.0 or truncation_cutoff is not None):
+            raise ValueError(f"truncation needs a StyleGAN generator, not {type(G).__name__}")
+        style_kwargs = (
+            {"truncation_psi": truncation_psi, "truncation_cutoff": truncation_cutoff, "noise_mode": "const"}
+            if style else {}
+        )
+        gen_device = next(G.parameters()).device
+        cuda = [gen_device] if gen_device.type == "cuda" else []
+        if self.device.type == "cuda" and self.device not in cuda:
+            cuda.append(self.device)
+        was_training = G.training
+        try:
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                G.eval()
+                return self._evaluate(G, resolution, alpha, names, style_kwargs)
+        finally:
+            G.train(was_training)
+
+    # ------------------------------------------------------------------ one evaluation
+
+    def _evaluate(
+        self, G: nn.Module, resolution: int, alpha: float, names: list[str], style_kwargs: Mapping
+    ) -> dict[str, float]:
+        shards = resolution_shards(self.manifest, self.data_root, resolution)
+        inception_names = [m for m in names if m in NEEDS_INCEPTION]
+        real_cache = self._agreed_cache(resolution) if inception_names else None
+        cached = real_cache is not None and real_cache.is_file()
+        swd = "swd" in names
+        real_sinks: list[Callable[[Tensor], None]] = []
+        fake_sinks: list[Callable[[Tensor], None]] = []
+        if swd:
+            # Real and fake draw patch positions from generators seeded alike (common random numbers).
+            levels, skip = len(level_resolutions(resolution)), self.rank * self.share
+            real_swd, fake_swd = (_Descriptors(self.seed, self.device, levels, skip) for _ in range(2))
+            real_sinks.append(real_swd.add)
+            fake_sinks.append(fake_swd.add)
+        reads_reals = swd or (bool(inception_names) and not cached)
+        bar = tqdm(total=self.share * (2 if reads_reals else 1), desc=f"evaluate {resolution}²", unit="img",
+                   disable=not self.progress, dynamic_ncols=True)
+        with bar:
+            reals = _tee(self._real_batches(shards, resolution), real_sinks, bar)
+            fakes = _tee(self._fake_batches(G, resolution, alpha, style_kwargs), fake_sinks, bar)
+            result: dict[str, float] = {}
+            if inception_names:
+                result.update(inception_metrics(
+                    reals, fakes, features=self.inception, metrics=inception_names, real_cache=real_cache,
+                    gather=self._gather_first(self.num_images), seed=self.seed,
+                ))
+            if swd:
+                # Whatever the Inception pass did not read (cached real statistics, or no FID).
+                for _ in reals:
+                    pass
+                for _ in fakes:
+                    pass
+                gather = self._gather_first(self.num_images * SWD_PATCHES)
+                result.update(swd_from_descriptors(real_swd.gathered(gather), fake_swd.gathered(gather), resolution,
+                                                   seed=self.seed, device=self.device))
+        return result
+
+    def _real_batches(self, shards: list[ShardInfo], resolution: int) -> Iterator[Tensor]:
+        """This rank's share of the first num_images of the one-reader stream, in batches."""
+        # One image per stream batch: start_batch then skips exactly rank * share images
+        # (by tar headers, without decoding them).
+        stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=self.seed,
+                             start_batch=self.rank * self.share)
+        samples = iter(stream)
+        for size in _chunks(self.share, self.batch_size):
+            yield torch.cat([next(samples)["image"] for _ in range(size)]).contiguous()
+
+    def _fake_batches(self, G: nn.Module, resolution: int, alpha: float, style_kwargs: Mapping) -> Iterator[Tensor]:
+        device = next(G.parameters()).device
+        first = self.seed + self.rank * self.share
+        for size in _chunks(self.share, self.batch_size):
+            z = latents_from_seeds(range(first, first + size), G.latent_dim).to(device)
+            first += size
+            yield to_uint8(G(z, resolution, alpha, **style_kwargs).float())
+
+    def _gather_first(self, rows: int) -> Gather:
+        """`gather`, then the first `rows` rows: drops what the last ranks made beyond num_images."""
+        def gather(x: Tensor) -> Tensor:
+            return self.gather(x.to(self.device))[:rows]
+        return gather
+
+    def _agreed_cache(self, resolution: int) -> Path | None:
+        """The real-statistics cache file, or None when the ranks disagree on whether it exists
+        (a node-local cache): a rank that read it would skip the feature gather the others wait in."""
+        if resolution not in self._cache_paths:
+            key = stats_cache_key(self.manifest, resolution, self.inception.weights_path, num_images=self.num_images)
+            name = f"inception-{resolution}px-{self.num_images}img-seed{self.seed}-{key}.pt"
+            self._cache_paths[resolution] = self.cache_dir / name
+        path = self._cache_paths[resolution]
+        if self.world_size == 1:
+            return path
+        flags = self.gather(torch.tensor([float(path.is_file())], device=self.device))
+        return path if flags.min() == flags.max() else None
+
+
+def evaluate_generator(
+    G: nn.Module,
+    resolution: int,
+    alpha: float,
+    data_root: str,
+    metrics: Sequence[str],
+    *,
+    num_images: int,
+    truncation_psi: float = 1.0,
+    truncation_cutoff: int | None = None,
+    **options,
+) -> dict[str, float]:
+    """One evaluation of ``G`` (see `Evaluator` for ``options``); for a `TrainedGenerator` t:
+    ``evaluate_generator(t.generator, t.resolution, t.alpha, data_root, ["swd"], num_images=...)``."""
+    evaluator = Evaluator(data_root, metrics, num_images=num_images, **options)
+    return evaluator(G, resolution, alpha, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _chunks(total: int, size: int) -> Iterator[int]:
+    for start in range(0, total, size):
+        yield min(size, total - start)
+
+
+def _tee(batches: Iterable[Tensor], sinks: list[Callable[[Tensor], None]], bar: tqdm) -> Iterator[Tensor]:
+    """Yield each batch after handing it to every sink, so one pass over the images feeds
+    every metric."""
+    for batch in batches:
+        for sink in sinks:
+            sink(batch)
+        bar.update(batch.shape[0])
+        yield batch
+
+
+class _Descriptors:
+    """SWD patch descriptors of a stream of batches, per pyramid level, kept on the CPU."""
+
+    def __init__(self, seed: int, device: torch.device, num_levels: int, skip_images: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        # Positions come image by image from one stream (as in compute_swd): drawing the earlier
+        # ranks' share first gives each image the positions one process would give it, so the
+        # result does not depend on the number of processes.
+        for n in _chunks(skip_images, 4096):
+            torch.rand(n, num_levels, SWD_PATCHES, 2, generator=self.generator)
+        self.device = device
+        self.levels: list[list[Tensor]] = []
+
+    def add(self, images: Tensor) -> None:
+        levels = swd_descriptors(images.to(self.device), num_patches=SWD_PATCHES, generator=self.generator)
+        if not self.levels:
+            self.levels = [[] for _ in levels]
+        for store, level in zip(self.levels, levels):
+            store.append(level.cpu())
+
+    def gathered(self, gather: Gather) -> list[Tensor]:
+        return [gather(torch.cat(store)).cpu() for store in self.levels]

@@ -1,0 +1,118 @@
+"""Image-quality metrics of a checkpoint's EMA generator against a data set; prints one JSON line.
+
+    python pipelines/evaluate.py --checkpoint P --metric swd [--metric fid --metric kid]
+        [--data DIR] [--num N] [--batch-size B] [--truncation PSI] [--inception-weights W]
+        [--append-metrics]
+
+--checkpoint takes a checkpoint directory, a run's checkpoints/ folder or a run directory (its
+newest checkpoint). --data defaults to the checkpoint config's data.path; for a run on the
+built-in set (data.path null) it is the synthetic set the trainer prepared, at
+<data.synthetic_dir>/synthetic-<data.synthetic_images>-<schedule.max_res>, relative to the
+current directory as in training. --num defaults to the config's train.metrics_num_images.
+Truncation is off unless --truncation is given (StyleGAN only), as FID is usually reported.
+
+Real images are the first N of the data set's stream at the checkpoint's resolution; fakes come
+from seeds S .. S+N-1 (what generate.py --seed S writes). FID/KID need the standard Inception
+weights file (--inception-weights or $GAN_HR_INCEPTION_WEIGHTS); nothing is downloaded. Real
+image statistics for FID/KID are cached under --cache-dir (default <data>/.fid_cache).
+
+--append-metrics also appends the record, with "metric_source": "evaluate", to the run's
+metrics.jsonl (the run directory holding checkpoints/<checkpoint>). Exit codes: 0 done, 2 bad
+arguments, checkpoint or data, or no Inception weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from gan_hr.config import Config  # noqa: E402
+from gan_hr.evaluation import Evaluator  # noqa: E402
+from gan_hr.inference import load_generator  # noqa: E402
+from gan_hr.metrics import METRICS  # noqa: E402
+from gan_hr.training.checkpoint import CheckpointError  # noqa: E402
+from gan_hr.training.run_dir import MetricsLog, RunDir  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint directory, a checkpoints/ folder or a run directory")
+    p.add_argument("--data", default=None, help="data_prep output directory (default: the one the run trained on)")
+    p.add_argument("--metric", action="append", choices=sorted(METRICS), default=None,
+                   help="metric to compute; repeat for several (default swd)")
+    p.add_argument("--num", type=int, default=None, help="real and fake images (default: train.metrics_num_images)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of the real stream and first latent seed")
+    p.add_argument("--truncation", type=float, default=1.0, help="StyleGAN truncation psi (default 1: off)")
+    p.add_argument("--inception-weights", default=None,
+                   help="FID Inception-v3 weights file (or set GAN_HR_INCEPTION_WEIGHTS)")
+    p.add_argument("--cache-dir", default=None, help="real-image statistics cache (default <data>/.fid_cache)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--append-metrics", action="store_true", help="also append the record to the run's metrics.jsonl")
+    return p
+
+
+def default_data(cfg: Config) -> str:
+    """The data the run trained on: data.path, or the built-in set where the trainer prepares it."""
+    if cfg.data.path is not None:
+        return cfg.data.path
+    return str(Path(cfg.data.synthetic_dir) / f"synthetic-{cfg.data.synthetic_images}-{cfg.schedule.max_res}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate; returns the record (metric values and where they come from)."""
+    trained = load_generator(args.checkpoint)
+    cfg = trained.config
+    run_dir = RunDir(trained.path.parent.parent)
+    if args.append_metrics and not run_dir.metrics.is_file():
+        raise ValueError(f"--append-metrics: {trained.path} is not inside a run directory (no {run_dir.metrics})")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    num = args.num if args.num is not None else cfg.train.metrics_num_images
+    evaluator = Evaluator(
+        args.data or default_data(cfg), args.metric or ["swd"], num_images=num, batch_size=args.batch_size,
+        seed=args.seed, device=device, inception_weights=args.inception_weights, cache_dir=args.cache_dir,
+        progress=True,
+    )
+    G = trained.generator.to(device)
+    values = evaluator(G, trained.resolution, trained.alpha, truncation_psi=args.truncation)
+    record = {
+        "step": trained.meta["step"],
+        "kimg": trained.meta["kimg"],
+        "resolution": trained.resolution,
+        "alpha": trained.alpha,
+        **values,
+        "num_images": num,
+        "truncation_psi": args.truncation,
+        "metric_source": "evaluate",
+        "checkpoint": str(trained.path),
+    }
+    if args.append_metrics:
+        MetricsLog(run_dir.metrics).append(record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if (args.num is not None and args.num < 2) or args.batch_size < 1:
+        print("error: --num must be at least 2 and --batch-size positive", file=sys.stderr)
+        return 2
+    try:
+        record = run(args)
+    # MissingInceptionWeights is an OSError: its message says which file, where to get it, how to pass it.
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
