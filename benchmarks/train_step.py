@@ -27,6 +27,7 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
 
 from gan_hr.config import from_dict, validate  # noqa: E402
 from gan_hr.training.run_dir import RunDir  # noqa: E402
@@ -108,6 +109,8 @@ def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, 
         "data": {"num_workers": 0},
     })
     validate(cfg)
+    # Accelerate keeps one process-wide state; each row may use another precision.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     trainer = Trainer(cfg, RunDir(run_dir), accelerator, data_root="")
     target = trainer.schedule.phases[-1]
