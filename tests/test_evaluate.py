@@ -21,6 +21,7 @@ from gan_hr.inference import load_generator
 from gan_hr.metrics import compute_swd, to_uint8
 from gan_hr.metrics.fid import INCEPTION_WEIGHTS_ENV
 from gan_hr.models import build_generator
+from gan_hr.plots import resolution_spans
 from gan_hr.sampling import latents_from_seeds
 from gan_hr.training.run_dir import read_metrics
 
@@ -216,7 +217,7 @@ def test_plot_of_a_trained_and_evaluated_run(run, tmp_path, capsys):
     written = capsys.readouterr().out.split()[-4:]
     assert written == [str(tmp_path / n) for n in ("losses.png", "regularization.png", "throughput.png", "swd.png")]
     # Phases end at 64 and 192 images (TINY: 8-step stretches of batch 8).
-    assert plot.resolution_spans(read_metrics(run / "metrics.jsonl")) == [
+    assert resolution_spans(read_metrics(run / "metrics.jsonl")) == [
         (0.0, 0.064, 4), (0.064, 0.192, 8), (0.192, 0.224, 16)]
 
 
