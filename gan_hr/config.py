@@ -136,6 +136,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_root(self) -> str:
+        """The data a run reads: data.path, or where the built-in synthetic set is prepared."""
+        if self.data.path is not None:
+            return self.data.path
+        name = f"synthetic-{self.data.synthetic_images}-{self.schedule.max_res}"
+        return str(Path(self.data.synthetic_dir) / name)
+
 
 MODEL_NAMES = ("progan", "stylegan", "dcgan")
 LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")

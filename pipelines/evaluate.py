@@ -62,9 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def default_data(cfg: Config) -> str:
     """The data the run trained on: data.path, or the built-in set where the trainer prepares it."""
-    if cfg.data.path is not None:
-        return cfg.data.path
-    return str(Path(cfg.data.synthetic_dir) / f"synthetic-{cfg.data.synthetic_images}-{cfg.schedule.max_res}")
+    return cfg.data_root()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -55,8 +55,10 @@ def running_buffers(module: nn.Module) -> list[torch.Tensor]:
 def average_buffers(module: nn.Module) -> None:
     """Average the running buffers across ranks, so every rank holds the same model state;
     each rank saw only its share of the batch."""
+    if _world_size() == 1:
+        return
     buffers = running_buffers(module)
-    if _world_size() == 1 or not buffers:
+    if not buffers:
         return
     flat = torch.cat([b.reshape(-1).float() for b in buffers])
     dist.all_reduce(flat)

@@ -87,16 +87,16 @@ def select_resume(acc: Accelerator, run_dir: RunDir, resume: str) -> Checkpoint 
 
 def prepare_data(cfg: Config, acc: Accelerator) -> str:
     """The data root: data.path, or the built-in synthetic set, prepared on first use."""
+    out = cfg.data_root()
     if cfg.data.path is not None:
-        return cfg.data.path
+        return out
     from data_prep import prepare
 
-    out = Path(cfg.data.synthetic_dir) / f"synthetic-{cfg.data.synthetic_images}-{cfg.schedule.max_res}"
     if acc.is_local_main_process:
         prepare(f"synthetic:{cfg.data.synthetic_images}", out, max_res=cfg.schedule.max_res, seed=0,
                 shard_size=256, progress=True)
     acc.wait_for_everyone()
-    return str(out)
+    return out
 
 
 def make_evaluator(cfg: Config, acc: Accelerator, data_root: str) -> Evaluator | None:

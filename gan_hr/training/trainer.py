@@ -13,7 +13,6 @@ import resource
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -91,7 +90,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.G = build_generator(cfg.model, max_res)
         self.D = build_discriminator(cfg.model, max_res)
-        if cfg.model.name == "dcgan" and self._sync_batchnorm():
+        if self._sync_batchnorm():  # a no-op for models without batch norm
             self.G = convert_sync_batchnorm(self.G)
             self.D = convert_sync_batchnorm(self.D)
         self.G.to(self.device).train()
@@ -110,6 +109,8 @@ class Trainer:
         self.sample_z = torch.randn(cfg.train.sample_grid, cfg.model.latent_dim, generator=latents)
 
         self.state = TrainState(wandb_run_id=wandb_run_id)
+        # What the last step trained: a phase-end checkpoint describes the phase just finished.
+        self._res, self._alpha = cfg.schedule.start_res, 1.0
         if resume is not None:
             self._restore(resume)
         else:
@@ -122,11 +123,6 @@ class Trainer:
         self._data_wait = 0.0
         self._corrupt = 0
         self._stop_agreed = False
-        # What the last step trained: a phase-end checkpoint describes the phase just finished.
-        if resume is not None:
-            self._res, self._alpha = int(resume.meta["resolution"]), float(resume.meta["alpha"])
-        else:
-            self._res, self._alpha = cfg.schedule.start_res, 1.0
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -151,6 +147,7 @@ class Trainer:
         self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
         self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
         self.state = TrainState(**ckpt.meta["state"])
+        self._res, self._alpha = int(ckpt.meta["resolution"]), float(ckpt.meta["alpha"])
         saved = (ckpt.meta["world_size"], ckpt.meta["config"]["data"]["num_workers"])
         if saved != (self.world, self.cfg.data.num_workers):
             warnings.warn(f"{ckpt.path.name} was written by {saved[0]} process(es) x {saved[1]} loader worker(s), this "
@@ -294,7 +291,6 @@ class Trainer:
             loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
         stop_flag = torch.tensor([1.0 if self.stop.requested else 0.0])
         g_ok, stop_avg = self._apply(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
-        self.D.requires_grad_(True)
         average_buffers(self.G)
         average_buffers(self.D)
 
@@ -428,7 +424,7 @@ class Trainer:
             self.run_dir.checkpoints,
             self.state.step,
             rank=self.rank,
-            models={"G": _unwrap_state(self.G), "D": _unwrap_state(self.D), "G_ema": _unwrap_state(self.G_ema)},
+            models={"G": _cpu_state(self.G), "D": _cpu_state(self.D), "G_ema": _cpu_state(self.G_ema)},
             optim={"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict(),
                    "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict()},
             rng=rng,
@@ -458,7 +454,6 @@ class Trainer:
                     unit_scale=True, disable=disable, dynamic_ncols=True)
 
 
-def _unwrap_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A plain state dict, without compile or SyncBatchNorm wrapper prefixes."""
-    module = getattr(module, "_orig_mod", module)
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the state dict, so saving never races the next step."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
