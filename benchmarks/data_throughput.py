@@ -1,7 +1,8 @@
 """Data throughput: shard preparation, and the shard stream against the raw decode limit.
 
     python benchmarks/data_throughput.py [--images 512] [--max-res 256] [--resolutions 64,256]
-        [--batch-size 32] [--format png] [--seconds 1.5] [--repeats 3] [--json FILE]
+        [--batch-size 32] [--format png] [--seconds 1.5] [--repeats 3]
+        [--sharing-strategy file_descriptor|file_system] [--json FILE]
 
 For each resolution it measures, on the same shard bytes:
 
@@ -10,6 +11,7 @@ For each resolution it measures, on the same shard bytes:
 - the stream in this process (`ShardStream` iterated directly: read, shuffle, decode, batch);
 - the hand-off floor: a worker that only hands ready-made batches of the same shape to the
   trainer (the DataLoader's queue and shared memory), which every worker pays on top of its work;
+  `--sharing-strategy` picks how torch shares those batches between processes;
 - `make_loader` with 1 and 2 workers: images/s seen by the trainer (wall clock) and per worker.
 
 Rates are measured both in wall-clock time and in CPU time of the process doing the work (the
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.multiprocessing
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_image
@@ -264,7 +267,8 @@ def print_table(result: dict) -> None:
     ]
     for res, r in result["resolutions"].items():
         print(f"\n{res}x{res} {result['format']}, batch {result['batch_size']}, "
-              f"{r['images_in_shards']} images, {r['mean_member_bytes'] / 1024:.1f} KiB each")
+              f"{r['images_in_shards']} images, {r['mean_member_bytes'] / 1024:.1f} KiB each, "
+              f"sharing strategy {result['sharing_strategy']}")
         print(f"  {'':28s} {'img/s wall':>11s} {'img/s per CPU s':>16s}")
         for label, key, wall, cpu in rows:
             cpu_value = f"{r[key][cpu]:.0f}" if cpu and r[key][cpu] is not None else "-"
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--turns", type=int, default=10, help="interleaved turns per measurement")
     parser.add_argument("--loader-seconds", type=float, default=1.0, help="per loader run")
     parser.add_argument("--repeats", type=int, default=3, help="loader runs (median ratio kept)")
+    parser.add_argument("--sharing-strategy", choices=["file_descriptor", "file_system"],
+                        default="file_descriptor", help="torch.multiprocessing's; the trainer's is "
+                        "file_descriptor (torch's default)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     resolutions = [int(r) for r in args.resolutions.split(",")]
@@ -294,11 +301,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--resolutions must not exceed --max-res")
 
     torch.set_num_threads(1)  # the raw limit is one core; the stream decodes on one core too
+    torch.multiprocessing.set_sharing_strategy(args.sharing_strategy)
     with tempfile.TemporaryDirectory(prefix="data_throughput-") as tmp:
         result = {
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "torch": torch.__version__},
             "format": args.format, "batch_size": args.batch_size,
+            "sharing_strategy": args.sharing_strategy,
             "prep": prepare(args, tmp),
             "resolutions": {res: bench_resolution(tmp, res, args) for res in resolutions},
         }

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import logging
+import multiprocessing
 import tarfile
 from pathlib import Path
 
@@ -159,6 +160,16 @@ def test_resume_continues_exactly(tmp_path, num_workers, mirror, batch_size, sta
     assert_same_batches(straight[start:], resumed)
 
 
+def test_a_worker_hands_over_the_batches_it_would_make_in_process(tmp_path):
+    # The same batches, in the same layout, whichever process decodes them.
+    shards = write_dataset(tmp_path, [5, 7])
+    common = dict(batch_size=3, num_workers=1, mirror=True)
+    in_process = list(itertools.islice(ShardStream(shards, resolution=RES, seed=0, **common), 6))
+    through_worker = take(shards, 6, **common)
+    assert_same_batches(in_process, through_worker)
+    assert all(b["image"].is_contiguous(memory_format=torch.channels_last) for b in through_worker)
+
+
 def test_resume_decodes_only_what_it_yields(tmp_path, monkeypatch):
     shards = write_dataset(tmp_path, [5, 7, 6])
     decoded = []
@@ -245,6 +256,24 @@ def test_make_loader_reads_local_and_pipe_roots(tmp_path):
     assert shards[0].url == str(tmp_path / "8" / "shard-000000.tar")
     with pytest.raises(ValueError, match="no resolution"):
         make_loader(str(tmp_path), 16, 2, seed=0)
+
+
+def test_make_loader_receives_in_a_thread_in_order_errors_included(tmp_path):
+    shards = write_dataset(tmp_path, [4, 4, 4])
+    batches = iter(make_loader(str(tmp_path), RES, 2, seed=0, num_workers=2))
+    assert_same_batches(list(itertools.islice(batches, 8)), take(shards, 8, batch_size=2, num_workers=2))
+    del batches  # stops the thread and the workers
+    assert not multiprocessing.active_children()
+
+    def failing():
+        yield from ({"n": 0}, {"n": 1})
+        raise RuntimeError("a worker failed")
+
+    received = data._Receiver(failing())
+    assert [next(received)["n"] for _ in range(2)] == [0, 1]
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="a worker failed"):
+            next(received)
 
 
 def test_manifest_paths_must_be_safe(tmp_path):
