@@ -2,9 +2,10 @@
 phase and precision, with FLOPs counted and compared with this machine's measured ceiling.
 
     python benchmarks/train_step.py --model progan|stylegan --res R --batch B --precision fp32|bf16|fp16
-        [--phase fade|stable] [--channel-max C] [--steps N] [--json FILE]
+        [--phase fade|stable] [--channel-max C] [--steps N] [--compile [on|off ...]] [--json FILE]
 
---model, --res, --precision and --phase take several values; every combination is measured.
+--model, --res, --precision, --phase and --compile take several values; every combination is
+measured (`--compile` alone means on; `--compile off on` measures both).
 It prints a table and writes JSON (default benchmarks/out/train_step.json).
 """
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -30,6 +32,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
 from gan_hr.config import from_dict, validate  # noqa: E402
+from gan_hr.training.compile import eager  # noqa: E402
 from gan_hr.training.run_dir import RunDir  # noqa: E402
 from gan_hr.training.trainer import Trainer  # noqa: E402
 
@@ -99,13 +102,13 @@ def measure_ceiling(device: torch.device, precisions: list[str]) -> dict[str, fl
 
 
 def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, channel_max: int,
-                  loss: str, run_dir: Path) -> tuple[Trainer, object]:
+                  loss: str, run_dir: Path, compile: bool = False) -> tuple[Trainer, object]:
     start = res // 2 if phase == "fade" and res > 4 else res
     cfg = from_dict({
         "model": {"name": model, "channel_max": channel_max},
         "loss": {"name": loss},
         "schedule": {"start_res": start, "max_res": res, "batch_size": batch, "fade_kimg": 600, "stable_kimg": 600},
-        "train": {"mixed_precision": PRECISION[precision]},
+        "train": {"mixed_precision": PRECISION[precision], "compile": compile},
         "data": {"num_workers": 0},
     })
     validate(cfg)
@@ -120,10 +123,11 @@ def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, 
     return trainer, target
 
 
-def bench_one(args, model: str, res: int, precision: str, phase: str, ceiling: dict[str, float]) -> dict:
+def bench_one(args, model: str, res: int, precision: str, phase: str, compiled: bool,
+              ceiling: dict[str, float]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer, target = build_trainer(model, res, args.batch, precision, phase, args.channel_max, args.loss,
-                                        Path(tmp))
+                                        Path(tmp), compile=compiled)
         device = trainer.device
         images = torch.randint(0, 256, (args.batch, 3, res, res), dtype=torch.uint8)
         start_images = trainer.state.images_seen
@@ -134,8 +138,18 @@ def bench_one(args, model: str, res: int, precision: str, phase: str, ceiling: d
             trainer.state.images_seen = start_images
             trainer.train_step(target, images)
 
-        step()  # warm-up
-        with FlopCount() as counter:
+        warmup_start = time.perf_counter()
+        step()
+        if compiled:
+            # Until 3 steps in a row compile nothing (style mixing on and off are separate graphs).
+            quiet, graphs = 0, None
+            while quiet < 3:
+                step()
+                quiet = quiet + 1 if counters["stats"]["unique_graphs"] == graphs else 0
+                graphs = counters["stats"]["unique_graphs"]
+        warmup = time.perf_counter() - warmup_start
+        # The same arithmetic either way; counted uncompiled (a dispatch mode would retrace graphs).
+        with eager(), FlopCount() as counter:
             step()
         flops_per_step = counter.total
         if device.type == "cuda":
@@ -153,6 +167,7 @@ def bench_one(args, model: str, res: int, precision: str, phase: str, ceiling: d
     return {
         "model": model, "res": res, "batch": args.batch, "precision": precision, "phase": phase,
         "alpha": round(alpha, 3), "channel_max": args.channel_max, "loss": args.loss, "steps": args.steps,
+        "compile": compiled, "warmup_s": warmup,
         "images_per_s": args.batch / seconds,
         "sec_per_kimg": seconds * 1000 / args.batch,
         "peak_mem_mb": peak,
@@ -172,18 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel-max", type=int, default=512)
     p.add_argument("--loss", default="wgan_gp", choices=["wgan_gp", "logistic", "lsgan"])
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", nargs="*", choices=["on", "off"], default=["off"],
+                   help="torch.compile the model blocks (train.compile); alone: on")
     p.add_argument("--json", default="benchmarks/out/train_step.json")
     args = p.parse_args(argv)
 
     device = Accelerator().device
     ceiling = measure_ceiling(device, args.precision)
     rows = []
-    for model, res, precision, phase in itertools.product(args.model, args.res, args.precision, args.phase):
+    compile_modes = [mode == "on" for mode in dict.fromkeys(args.compile or ["on"])]
+    combos = itertools.product(args.model, args.res, args.precision, args.phase, compile_modes)
+    for model, res, precision, phase, compiled in combos:
         if model == "dcgan" and phase == "fade":
             phase = "stable"
-        rows.append(bench_one(args, model, res, precision, phase, ceiling))
+        rows.append(bench_one(args, model, res, precision, phase, compiled, ceiling))
         r = rows[-1]
-        print(f"{r['model']:>8} {r['res']:>5} {r['precision']:>5} {r['phase']:>6}  "
+        print(f"{r['model']:>8} {r['res']:>5} {r['precision']:>5} {r['phase']:>6} "
+              f"{'compiled' if compiled else 'eager':>8}  "
               f"{r['images_per_s']:8.2f} img/s {r['sec_per_kimg']:9.1f} s/kimg {r['peak_mem_mb']:8.0f} MB "
               f"{r['flops_per_image'] / 1e9:8.2f} GFLOP/img {100 * r['achieved_flops_fraction']:5.1f}% of ceiling",
               flush=True)

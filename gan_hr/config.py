@@ -33,8 +33,9 @@ class DataConfig:
     synthetic_dir: str = "data/synthetic"
     # Random horizontal flips, as in the ProGAN/StyleGAN CelebA-HQ runs.
     mirror: bool = True
-    # Loader worker processes per training process (0 reads in the training process).
-    num_workers: int = 2
+    # Loader worker processes per training process (0 reads in the training process), or auto:
+    # per resolution, from the CPUs the process may use (gan_hr.data.loader_workers).
+    num_workers: int | str = "auto"
 
 
 @dataclass
@@ -93,7 +94,11 @@ class TrainConfig:
     total_kimg: float = 12000.0
     # Stop after this many generator steps (tests, benchmarks, short jobs); None = no limit.
     max_steps: int | None = None
-    mixed_precision: str = "no"
+    # auto: bf16 where the hardware computes in it (CUDA with bf16, CPUs with AVX512-BF16/AMX), else no.
+    mixed_precision: str = "auto"
+    # torch.compile of each resolution block (gan_hr/training/compile.py); the backend is torch's name.
+    compile: bool = False
+    compile_backend: str = "inductor"
     adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     adam_eps: float = 1e-8
     # The official ProGAN resets Adam state when a new resolution starts.
@@ -146,7 +151,7 @@ class Config:
 
 MODEL_NAMES = ("progan", "stylegan", "dcgan")
 LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 BACKENDS = ("wandb", "none")
 METRICS = ("swd", "fid", "kid")
 
@@ -238,7 +243,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        errors = []
+        for option in inner:  # the first type that takes the value (int | str: 2 or "auto")
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -304,12 +315,19 @@ def _one_of(value: Any, choices: tuple, key: str) -> None:
     _check(value in choices, key, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _compile_backends() -> tuple[str, ...]:
+    import torch._dynamo  # only when compile is asked for: importing it takes a second
+
+    return tuple(torch._dynamo.list_backends(exclude_tags=()))
+
+
 def validate(cfg: Config) -> None:
     """Check every value; raises ConfigError naming the first bad key."""
     d, m, lo, s, t, tr = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train, cfg.tracking
 
     _check(d.synthetic_images > 0, "data.synthetic_images", "must be positive")
-    _check(d.num_workers >= 0, "data.num_workers", "must be 0 or more")
+    _check(d.num_workers == "auto" or isinstance(d.num_workers, int) and d.num_workers >= 0, "data.num_workers",
+           f"must be auto or a number of workers (0 or more), got {d.num_workers!r}")
 
     _one_of(m.name, MODEL_NAMES, "model.name")
     for key in ("latent_dim", "channel_base", "channel_max", "w_dim", "base_width"):
@@ -349,6 +367,8 @@ def validate(cfg: Config) -> None:
     _check(t.total_kimg > 0, "train.total_kimg", "must be positive")
     _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", "must be positive")
     _one_of(t.mixed_precision, PRECISIONS, "train.mixed_precision")
+    if t.compile:
+        _one_of(t.compile_backend, _compile_backends(), "train.compile_backend")
     _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
            "train.adam_betas", "must be two numbers in [0, 1)")
     _check(t.adam_eps > 0, "train.adam_eps", "must be positive")

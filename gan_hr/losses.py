@@ -37,8 +37,8 @@ def _input_grad(scores: Tensor, inputs: Tensor, grad_scale: float) -> Tensor:
     return (grad.float() / grad_scale).flatten(1)
 
 
-def _d_wgan_gp(cfg: LossConfig, D: Discriminator, real: Tensor, fake: Tensor, regularize: bool,
-               grad_scale: float) -> tuple[Tensor, Stats]:
+def _d_wgan_gp(cfg: LossConfig, D: Discriminator, D_penalty: Discriminator, real: Tensor, fake: Tensor,
+               regularize: bool, grad_scale: float) -> tuple[Tensor, Stats]:
     score_real = D(real).float()
     score_fake = D(fake).float()
     drift = score_real.square().mean()
@@ -49,21 +49,21 @@ def _d_wgan_gp(cfg: LossConfig, D: Discriminator, real: Tensor, fake: Tensor, re
         # Random points on the lines between real and fake samples (Gulrajani et al. 2017).
         u = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=torch.float32)
         mixed = torch.lerp(real.float(), fake.float(), u).requires_grad_(True)
-        norm = _input_grad(D(mixed), mixed, grad_scale).norm(dim=1)
+        norm = _input_grad(D_penalty(mixed), mixed, grad_scale).norm(dim=1)
         gp = (norm - cfg.gp_target).square().mean() / cfg.gp_target**2
         loss = loss + cfg.gp_lambda * gp
         stats["gp"] = gp
     return loss, stats
 
 
-def _d_logistic(cfg: LossConfig, D: Discriminator, real: Tensor, fake: Tensor, regularize: bool,
-                grad_scale: float) -> tuple[Tensor, Stats]:
+def _d_logistic(cfg: LossConfig, D: Discriminator, D_penalty: Discriminator, real: Tensor, fake: Tensor,
+                regularize: bool, grad_scale: float) -> tuple[Tensor, Stats]:
     use_r1 = regularize and cfg.r1_gamma > 0
     if use_r1:
         # R1 differentiates the same D(real) forward, so real must require grad before it
         # (on a detached alias, leaving the caller's tensor as it was).
         real = real.detach().requires_grad_(True)
-    score_real = D(real).float()
+    score_real = (D_penalty if use_r1 else D)(real).float()
     score_fake = D(fake).float()
     loss = F.softplus(score_fake).mean() + F.softplus(-score_real).mean()
     stats = {"score_real": score_real.mean(), "score_fake": score_fake.mean()}
@@ -75,8 +75,8 @@ def _d_logistic(cfg: LossConfig, D: Discriminator, real: Tensor, fake: Tensor, r
     return loss, stats
 
 
-def _d_lsgan(cfg: LossConfig, D: Discriminator, real: Tensor, fake: Tensor, regularize: bool,
-             grad_scale: float) -> tuple[Tensor, Stats]:
+def _d_lsgan(cfg: LossConfig, D: Discriminator, D_penalty: Discriminator, real: Tensor, fake: Tensor,
+             regularize: bool, grad_scale: float) -> tuple[Tensor, Stats]:
     # Mao et al. 2017 with a = 0 (fake), b = 1 (real) targets.
     score_real = D(real).float()
     score_fake = D(fake).float()
@@ -116,6 +116,7 @@ def discriminator_loss(
     *,
     regularize: bool = True,
     grad_scale: float = 1.0,
+    D_penalty: Discriminator | None = None,
 ) -> tuple[Tensor, Stats]:
     """Discriminator loss for `cfg.name`, with its gradient penalty when `regularize`.
 
@@ -124,9 +125,10 @@ def discriminator_loss(
     with `cfg.r1_every` = k > 1 it is weighted by k (call with `regularize` true every k-th step);
     `regularize=False` skips R1. The WGAN gradient penalty is applied on every call (gp_lambda = 0
     turns it off). `grad_scale` is the current fp16 loss scale (1 otherwise); see the module
-    docstring.
+    docstring. `D_penalty`, the same discriminator run so that its gradient can be differentiated
+    again (uncompiled), takes the forwards a penalty differentiates; default D.
     """
-    loss, stats = _lookup(_D_LOSSES, cfg.name)(cfg, D, real, fake.detach(), regularize, grad_scale)
+    loss, stats = _lookup(_D_LOSSES, cfg.name)(cfg, D, D_penalty or D, real, fake.detach(), regularize, grad_scale)
     stats = {"loss_d": loss, **stats}
     return loss, {k: v.detach() for k, v in stats.items()}
 

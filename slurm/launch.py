@@ -137,16 +137,25 @@ def accelerate_config(layout: Layout) -> Path:
     return ACCELERATE_CONFIGS / f"{name}.yaml"
 
 
-def config_precision(config: str, overrides: list[str]) -> str:
-    """train.mixed_precision of the run's config. Loading it here also rejects a bad config
-    once, in one line, before any trainer starts."""
+def config_precision(config: str, overrides: list[str], use_cpu: bool) -> str:
+    """train.mixed_precision of the run's config, `auto` resolved for this node's device as the
+    trainer will. Loading the config here also rejects a bad one once, in one line, before any
+    trainer starts."""
     sys.path.insert(0, str(ROOT))
     from gan_hr.config import ConfigError, load_config
 
     try:
-        return load_config(config, overrides).train.mixed_precision
+        requested = load_config(config, overrides).train.mixed_precision
     except ConfigError as exc:
         raise LaunchConfigError(f"config {config}: {exc}") from None
+    if requested != "auto":
+        return requested
+    import torch
+
+    from gan_hr.training.precision import resolve_precision
+
+    on_gpu = not use_cpu and torch.cuda.is_available()
+    return resolve_precision(requested, torch.device("cuda" if on_gpu else "cpu"))
 
 
 def build_command(env: Mapping[str, str], python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
@@ -170,7 +179,7 @@ def build_command(env: Mapping[str, str], python: str = sys.executable) -> tuple
         "--main_process_ip", layout.main_addr,
         "--main_process_port", str(layout.main_port),
         # The trainer builds Accelerator(mixed_precision=train.mixed_precision); say the same here.
-        "--mixed_precision", config_precision(config, overrides),
+        "--mixed_precision", config_precision(config, overrides, layout.use_cpu),
         "--dynamo_backend", "no",
     ]
     if layout.num_processes > 1:

@@ -4,6 +4,7 @@ guards, mixed precision. Every run trains a tiny model for a handful of steps.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -135,7 +136,8 @@ def test_divergence_stops_with_a_checkpoint(tmp_path, synthetic_data):
     proc = train(run, synthetic_data, "train.max_steps=50", "schedule.lr=1e30", "train.nan_tolerance=3",
                  check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "training diverged: 3 non-finite steps in a row" in proc.stderr
+    # The host learns of a skipped step one step late (no sync per step): 3 or 4 in a row.
+    assert re.search(r"training diverged: [34] non-finite steps in a row", proc.stderr), proc.stderr[-2000:]
     last = checkpoints(run)[-1]
     assert meta(last)["state"]["nan_skipped"] >= 3
     # The skipped steps changed nothing: the checkpoint holds finite weights.

@@ -126,6 +126,10 @@ class DCGANGenerator(nn.Module):
         self.to_rgb = nn.Sequential(nn.ConvTranspose2d(in_ch, 3, 4, 2, 1), nn.Tanh())
         init_dcgan_weights(self)
 
+    def regions(self) -> list[nn.Module]:
+        """The fixed-shape layer stacks (see ProGANGenerator.regions)."""
+        return [self.blocks, self.to_rgb]
+
     def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         """[N, latent_dim] -> images [N, 3, max_res, max_res] in [-1, 1]; `alpha` is unused."""
         _check_resolution(resolution, self.max_res)
@@ -154,6 +158,10 @@ class DCGANDiscriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.score = nn.Conv2d(in_ch, 1, _BASE_RES, 1, 0)
         init_dcgan_weights(self)
+
+    def regions(self) -> list[nn.Module]:
+        """The fixed-shape layer stacks (see ProGANGenerator.regions)."""
+        return [self.blocks, self.score]
 
     def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         """[N, 3, max_res, max_res] -> raw scores [N]; `alpha` is unused."""

@@ -106,6 +106,11 @@ class ProGANGenerator(nn.Module):
             blocks[f"b{res}"] = GBlock(res, ch(res // 2), ch(res))
         self.blocks = nn.ModuleDict(blocks)
 
+    def regions(self) -> list[nn.Module]:
+        """The resolution blocks: tensor in, tensor out, one shape per resolution (the units
+        `gan_hr.training.compile` compiles; the fade-in between them stays in Python)."""
+        return list(self.blocks.values())
+
     def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         resolution = check_resolution(resolution, self.max_res)
         alpha = check_alpha(alpha)
@@ -185,6 +190,10 @@ class ProGANDiscriminator(nn.Module):
         for res in self.resolutions[1:]:
             blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2))
         self.blocks = nn.ModuleDict(blocks)
+
+    def regions(self) -> list[nn.Module]:
+        """The resolution blocks (see ProGANGenerator.regions)."""
+        return list(self.blocks.values())
 
     def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         resolution = check_resolution(resolution, self.max_res)

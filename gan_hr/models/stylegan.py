@@ -195,6 +195,12 @@ class StyleGANGenerator(nn.Module):
     def num_ws_at(self, resolution: int) -> int:
         return self.synthesis.num_ws_at(resolution)
 
+    def regions(self) -> list[nn.Module]:
+        """The mapping network and the synthesis blocks: tensor in, tensor out, one shape per
+        resolution (the units `gan_hr.training.compile` compiles; mixing, truncation and the
+        fade-in stay in Python)."""
+        return [self.mapping, *self.synthesis.blocks.values()]
+
     def truncate(self, ws: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
         """w_avg + psi * (w - w_avg) on layers below `cutoff` (None: the model's; 0: all layers)."""
         cutoff = self.truncation_cutoff if cutoff is None else cutoff

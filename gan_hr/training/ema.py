@@ -18,10 +18,15 @@ def ema_beta(batch_size: int, halflife_kimg: float, images_seen: int, rampup: fl
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    """ema <- lerp(model, ema, beta) for parameters; buffers (w_avg, fixed noise) are copied."""
+def update_ema(ema: nn.Module, model: nn.Module, beta: float | torch.Tensor) -> None:
+    """ema <- lerp(model, ema, beta) for parameters; buffers (w_avg, fixed noise) are copied.
+
+    `beta` may be a 0-dim device tensor (the trainer's: 1 on a skipped step), so that the
+    decision never has to reach the host."""
     ema_params = list(ema.parameters())
     model_params = list(model.parameters())
-    torch._foreach_lerp_(ema_params, model_params, 1.0 - beta)
+    weight = 1.0 - beta
+    torch._foreach_lerp_(ema_params, model_params,
+                         [weight] * len(ema_params) if isinstance(weight, torch.Tensor) else weight)
     for ema_buf, buf in zip(ema.buffers(), model.buffers()):
         ema_buf.copy_(buf)

@@ -21,15 +21,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gan_hr.config import Config
-from gan_hr.data import make_loader, to_float
+from gan_hr.data import loader_workers, make_loader, to_float
 from gan_hr.evaluation import Evaluator
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
+from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
 from gan_hr.training.grad_sync import average_buffers, average_gradients
+from gan_hr.training.lagged import LaggedFlags
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.signals import StopRequest
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
@@ -48,6 +50,9 @@ class TrainState:
     phase_index: int = 0
     # Batches this rank has taken from the current phase's data stream (its resume position).
     batches_in_phase: int = 0
+    # Loader workers of the current phase, resolved when its loader is first built: the data
+    # order depends on them, so a resume in this phase keeps them.
+    loader_workers: int | None = None
     nan_streak: int = 0
     nan_skipped: int = 0
     wandb_run_id: str | None = None
@@ -96,6 +101,9 @@ class Trainer:
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if cfg.train.compile:  # after the EMA copy: samples and metrics run G_ema eagerly
+            compile_regions(self.G, cfg.train.compile_backend)
+            compile_regions(self.D, cfg.train.compile_backend)
 
         self.opt_G = self._optimizer(self.G)
         self.opt_D = self._optimizer(self.D)
@@ -123,6 +131,10 @@ class Trainer:
         self._data_wait = 0.0
         self._corrupt = 0
         self._stop_agreed = False
+        # Device-side copies of the NaN guard's counters; the host reads them a step late.
+        self._flags = LaggedFlags(self.device)
+        self._nan_streak = torch.full((1,), float(self.state.nan_streak), device=self.device)
+        self._nan_skipped = torch.full((1,), float(self.state.nan_skipped), device=self.device)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -132,7 +144,9 @@ class Trainer:
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         t = self.cfg.train
-        return torch.optim.Adam(net.parameters(), lr=self.cfg.schedule.lr, betas=tuple(t.adam_betas), eps=t.adam_eps)
+        # Fused: one kernel per step, and it can skip a non-finite step on the device (found_inf).
+        return torch.optim.Adam(net.parameters(), lr=self.cfg.schedule.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
+                                fused=True)
 
     def _reset_optimizers(self) -> None:
         self.opt_G = self._optimizer(self.G)
@@ -148,10 +162,19 @@ class Trainer:
         self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
         self.state = TrainState(**ckpt.meta["state"])
         self._res, self._alpha = int(ckpt.meta["resolution"]), float(ckpt.meta["alpha"])
-        saved = (ckpt.meta["world_size"], ckpt.meta["config"]["data"]["num_workers"])
-        if saved != (self.world, self.cfg.data.num_workers):
-            warnings.warn(f"{ckpt.path.name} was written by {saved[0]} process(es) x {saved[1]} loader worker(s), this "
-                          f"run has {self.world} x {self.cfg.data.num_workers}: training continues, but the data "
+        # Keep the phase's worker count (even where `auto` would now give another) unless this run
+        # changed the process count or asked for another number; a new phase resolves afresh.
+        saved_world, saved_workers = ckpt.meta["world_size"], self.state.loader_workers
+        if saved_workers is None:  # written before counts were stored; never "auto" then
+            saved_workers = ckpt.meta["config"]["data"]["num_workers"]
+        setting = self.cfg.data.num_workers
+        keep = saved_world == self.world and setting in ("auto", saved_workers)
+        self.state.loader_workers = saved_workers if keep else None
+        phase = self.schedule.phase_at(self.state.images_seen)
+        workers = saved_workers if keep else loader_workers(setting, phase.resolution)
+        if saved_world != self.world or (phase.index == self.state.phase_index and not keep):
+            warnings.warn(f"{ckpt.path.name} was written by {saved_world} process(es) x {saved_workers} loader "
+                          f"worker(s), this run has {self.world} x {workers}: training continues, but the data "
                           "order differs from an uninterrupted run", stacklevel=2)
         torch.set_rng_state(ckpt.rng["torch"])
         if self.device.type == "cuda" and "cuda" in ckpt.rng:
@@ -231,9 +254,12 @@ class Trainer:
             self._reset_optimizers()
         self.state.phase_index = phase.index
         self.state.batches_in_phase = 0
+        self.state.loader_workers = None
 
     def _loader(self, phase: Phase):
         per_rank = self.schedule.batch_size(phase.resolution) // self.world
+        if self.state.loader_workers is None:
+            self.state.loader_workers = loader_workers(self.cfg.data.num_workers, phase.resolution)
         return make_loader(
             self.data_root,
             phase.resolution,
@@ -241,7 +267,7 @@ class Trainer:
             seed=self.cfg.train.seed,
             rank=self.rank,
             world_size=self.world,
-            num_workers=self.cfg.data.num_workers,
+            num_workers=self.state.loader_workers,
             start_batch=self.state.batches_in_phase,
             mirror=self.cfg.data.mirror,
             pin_memory=self.device.type == "cuda",
@@ -272,16 +298,22 @@ class Trainer:
         def D(x: torch.Tensor) -> torch.Tensor:
             return self.D(x, res, alpha)
 
+        def D_penalty(x: torch.Tensor) -> torch.Tensor:
+            with eager():
+                return self.D(x, res, alpha)
+
         # Discriminator step.
         self.D.requires_grad_(True)
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with torch.no_grad(), self.acc.autocast():
             fake = self.G(z, res, alpha)
         regularize = self.state.step % cfg.loss.r1_every == 0
-        grad_scale = self.scaler_D.get_scale() if self.scaler_D.is_enabled() else 1.0
+        # The scale as a device tensor: get_scale() would read it on the host, a sync per step.
+        grad_scale = self.scaler_D._get_scale_async() if self.scaler_D.is_enabled() else 1.0
         with self.acc.autocast():
             loss_d, stats_d = discriminator_loss(cfg.loss, D, real, fake.float(), regularize=regularize,
-                                                 grad_scale=grad_scale)
+                                                 grad_scale=grad_scale,
+                                                 D_penalty=D_penalty if cfg.train.compile else None)
         d_ok, _ = self._apply(loss_d, self.D, self.opt_D, self.scaler_D)
 
         # Generator step.
@@ -289,19 +321,19 @@ class Trainer:
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with self.acc.autocast():
             loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
-        stop_flag = torch.tensor([1.0 if self.stop.requested else 0.0])
+        stop_flag = torch.full((1,), float(self.stop.requested), device=self.device)
         g_ok, stop_avg = self._apply(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
         average_buffers(self.G)
         average_buffers(self.D)
 
-        if d_ok and g_ok:
-            self.state.nan_streak = 0
-            beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
-            update_ema(self.G_ema, self.G, beta)
-        else:
-            self.state.nan_streak += 1
-            self.state.nan_skipped += 1
-        self._stop_agreed = stop_avg > 0
+        # Everything below stays on the device: a skipped step leaves G_ema as it was (beta 1),
+        # and the host learns of it, and of a stop request, one step later.
+        ok = d_ok & g_ok
+        beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
+        update_ema(self.G_ema, self.G, torch.where(ok, beta, 1.0))
+        self._nan_streak = (self._nan_streak + 1) * ~ok
+        self._nan_skipped += ~ok
+        self._take_flags(self._flags.push(torch.cat([self._nan_streak, self._nan_skipped, stop_avg.float()])))
 
         self.state.step += 1
         self.state.images_seen += global_batch
@@ -311,20 +343,30 @@ class Trainer:
         self._window_images += global_batch
 
     def _apply(self, loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, flags: torch.Tensor | None = None) -> tuple[bool, float]:
+               scaler: torch.amp.GradScaler, flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward, average gradients across ranks, and step unless they are not finite.
 
-        Returns whether the step was applied and the largest averaged flag; the one host sync
-        per network here is what lets every rank skip a bad step together."""
+        Returns whether the step was applied (a 0-dim bool tensor, the same on every rank,
+        so all skip a bad step together) and the averaged flags, both left on the device."""
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        flags_avg, finite = average_gradients(net, flags if flags is not None else torch.zeros(1))
-        scaler.unscale_(opt)
-        finite_ok, *flag_values = torch.cat([finite.reshape(1).float(), flags_avg.float()]).tolist()
-        if finite_ok:
-            scaler.step(opt)
-        scaler.update()
-        return bool(finite_ok), max(flag_values)
+        flags_avg, finite = average_gradients(net, flags if flags is not None else torch.zeros(1, device=self.device))
+        if scaler.is_enabled():
+            scaler.step(opt)  # with a fused optimizer it skips an overflow on the device
+            scaler.update()
+        else:
+            # The fused optimizer's own skip, as GradScaler drives it: no host sync.
+            opt.found_inf = (~finite).float()
+            opt.step()
+            del opt.found_inf
+        return finite, flags_avg
+
+    def _take_flags(self, values: list[float] | None) -> None:
+        """Host bookkeeping from a step's device flags: [nan streak, skipped total, stop request]."""
+        if values is not None:
+            streak, skipped, stop = values
+            self.state.nan_streak, self.state.nan_skipped = int(streak), int(skipped)
+            self._stop_agreed = stop > 0
 
     # ------------------------------------------------------------------ logging, samples, checkpoints
 
@@ -335,6 +377,7 @@ class Trainer:
 
     def _log_window(self, phase: Phase, bar: tqdm) -> None:
         """Reduce the window's statistics across ranks once, then log on the main process."""
+        self._take_flags(self._flags.flush())  # logging waits for the device anyway
         keys = sorted(self._totals)
         local = torch.stack([self._totals[k] / self._window_steps for k in keys]
                             + [torch.tensor(float(self._corrupt), device=self.device)])
@@ -405,6 +448,7 @@ class Trainer:
             self.acc.get_tracker("wandb").log_images({"samples": [grid]}, step=self.state.step)
 
     def _checkpoint(self, kind: str) -> None:
+        self._take_flags(self._flags.flush())  # the saved counters are this step's
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
