@@ -150,12 +150,9 @@ def config_precision(config: str, overrides: list[str], use_cpu: bool) -> str:
         raise LaunchConfigError(f"config {config}: {exc}") from None
     if requested != "auto":
         return requested
-    import torch
+    from gan_hr.training.precision import accelerate_device, resolve_precision
 
-    from gan_hr.training.precision import resolve_precision
-
-    on_gpu = not use_cpu and torch.cuda.is_available()
-    return resolve_precision(requested, torch.device("cuda" if on_gpu else "cpu"))
+    return resolve_precision(requested, accelerate_device(use_cpu))
 
 
 def build_command(env: Mapping[str, str], python: str = sys.executable) -> tuple[list[str], dict[str, str]]:

@@ -25,8 +25,6 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float | torch.Tensor) -> 
     decision never has to reach the host."""
     ema_params = list(ema.parameters())
     model_params = list(model.parameters())
-    weight = 1.0 - beta
-    torch._foreach_lerp_(ema_params, model_params,
-                         [weight] * len(ema_params) if isinstance(weight, torch.Tensor) else weight)
+    torch._foreach_lerp_(ema_params, model_params, [1.0 - beta] * len(ema_params))
     for ema_buf, buf in zip(ema.buffers(), model.buffers()):
         ema_buf.copy_(buf)

@@ -20,7 +20,7 @@ from gan_hr.evaluation import Evaluator
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
 from gan_hr.training.checkpoint import Checkpoint, complete_checkpoints, load_checkpoint, load_newest, resolve_checkpoint
-from gan_hr.training.precision import resolve_precision
+from gan_hr.training.precision import accelerate_device, resolve_precision
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.trainer import Trainer
 
@@ -33,8 +33,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     """The Accelerator for a run, after the checks that need to know the processes and device."""
     # Resolved before Accelerator exists (it takes the precision when built), with the device it
     # will choose; the saved config then says what the run computes in, not `auto`.
-    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision, torch.device("cpu" if on_cpu else "cuda"))
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision, accelerate_device(use_cpu))
     acc = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="wandb" if cfg.tracking.backend == "wandb" else None,

@@ -28,6 +28,11 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & _CPU_BF16_FLAGS)
 
 
+def accelerate_device(use_cpu: bool) -> torch.device:
+    """The device Accelerate will train on: CUDA where there is one, unless turned off."""
+    return torch.device("cuda" if not use_cpu and torch.cuda.is_available() else "cpu")
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """`requested` itself, or for `auto` bf16 where `device` computes in it and `no` elsewhere."""
     if requested != "auto":
