@@ -2,7 +2,8 @@
 
 Exit status: 0 when the dataset was written (even if some inputs were skipped) or verified;
 1 when no input was usable or --verify found a problem; 2 for usage errors (bad options, a
-missing or unreadable SRC, an unwritable --out, an --out holding a different preparation);
+missing or unreadable SRC or one that is a FIFO or device, an --out that is a file or is
+unwritable, an --out holding a different preparation);
 130 when interrupted with Ctrl-C (the same command resumes).
 """
 
@@ -13,6 +14,7 @@ import sys
 import time
 
 from data_prep.errors import NoUsableImages, PrepError
+from data_prep.files import DEFAULT_MAX_FILE_MB
 from data_prep.images import DEFAULT_MAX_PIXELS, FORMATS
 from data_prep.pipeline import run_prepare
 from data_prep.verify import verify
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="reject images with more pixels as decompression bombs "
                         f"(default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-file-mb", type=int, default=DEFAULT_MAX_FILE_MB,
+                   help="skip input files and zip members larger than this many MB (2**20 "
+                        "bytes); reading stops there whatever size a file claims "
+                        f"(default {DEFAULT_MAX_FILE_MB})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verify", metavar="DIR",
                    help="check DIR's shards against its manifest (after preparing, if --src)")
@@ -53,7 +59,8 @@ def _prepare(args: argparse.Namespace) -> int:
             args.src, args.out, max_res=args.max_res, min_res=args.min_res,
             shard_size=args.shard_size, workers=args.workers, image_format=args.image_format,
             jpeg_quality=args.jpeg_quality, seed=args.seed, allow_upscale=args.allow_upscale,
-            progress=not args.no_progress, max_pixels=args.max_pixels)
+            progress=not args.no_progress, max_pixels=args.max_pixels,
+            max_file_mb=args.max_file_mb)
     except KeyboardInterrupt:
         print("data_prep: interrupted; finished shards are kept, run the same command again "
               "to resume", file=sys.stderr)

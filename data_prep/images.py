@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data_prep.files import DEFAULT_MAX_FILE_MB, MB
+
 # Pillow's own default (about 89 Mpixels, e.g. 9459x9459): far above CelebA-HQ's 1 Mpixel and
 # most photos, and small enough that a few workers decoding at once stay within memory.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
@@ -43,6 +45,11 @@ class ImageSpec:
     jpeg_quality: int = 95
     allow_upscale: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_mb: int = DEFAULT_MAX_FILE_MB  # larger inputs are skipped unread
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * MB
 
     @property
     def resolutions(self) -> list[int]:

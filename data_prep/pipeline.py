@@ -17,6 +17,7 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from data_prep.errors import NoUsableImages, PrepError
+from data_prep.files import DEFAULT_MAX_FILE_MB, FileTooLarge, NotRegularFile
 from data_prep.images import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -35,7 +36,13 @@ from data_prep.manifest import (
     write_json_atomic,
 )
 from data_prep.shards import ShardSetWriter, shard_relpath
-from data_prep.sources import SourceItem, SourceTooLarge, close_zips, open_source, read_bytes
+from data_prep.sources import (
+    SYNTHETIC_PREFIX,
+    SourceItem,
+    close_zips,
+    open_source,
+    read_bytes,
+)
 from data_prep.synthetic import render_synthetic
 
 # Bump when a change here changes the output bytes, so older prepared folders are not reused.
@@ -83,9 +90,11 @@ def _process(item: SourceItem) -> Processed:
             image = render_synthetic(item.index, _spec.max_res, _seed)
         else:
             try:
-                data = read_bytes(item)
-            except SourceTooLarge as exc:
-                raise SkipImage(f"file too large: {exc}") from exc
+                data = read_bytes(item, _spec.max_file_bytes)
+            except NotRegularFile as exc:
+                raise SkipImage(f"not a regular file ({exc})") from exc
+            except FileTooLarge as exc:
+                raise SkipImage(f"larger than --max-file-mb {_spec.max_file_mb} MB") from exc
             except Exception as exc:  # missing file, permissions, bad zip member (CRC, encrypted)
                 raise SkipImage(f"unreadable: {type(exc).__name__}: {exc}") from exc
             image = load_square(data, _spec)
@@ -177,7 +186,8 @@ def _resume_point(out: Path, params: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _check_args(max_res: int, min_res: int, shard_size: int, image_format: str,
-                jpeg_quality: int, max_pixels: int, workers: int | None) -> None:
+                jpeg_quality: int, max_pixels: int, max_file_mb: int,
+                workers: int | None) -> None:
     def power_of_two(n: int) -> bool:
         return n >= 1 and n & (n - 1) == 0
 
@@ -192,6 +202,8 @@ def _check_args(max_res: int, min_res: int, shard_size: int, image_format: str,
         raise PrepError(f"--jpeg-quality {jpeg_quality}: must be within 1..100")
     if max_pixels < max_res * max_res:
         raise PrepError(f"--max-pixels {max_pixels}: below max-res² ({max_res * max_res})")
+    if max_file_mb < 1:
+        raise PrepError(f"--max-file-mb {max_file_mb}: must be at least 1")
     if workers is not None and workers < 1:
         raise PrepError(f"--workers {workers}: must be at least 1")
 
@@ -199,10 +211,13 @@ def _check_args(max_res: int, min_res: int, shard_size: int, image_format: str,
 def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
                 shard_size: int = 1000, workers: int | None = None, image_format: str = "png",
                 jpeg_quality: int = 95, seed: int = 0, allow_upscale: bool = False,
-                progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> PrepResult:
+                progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_file_mb: int = DEFAULT_MAX_FILE_MB) -> PrepResult:
     """prepare(), also saying how much work this call did (for the CLI's closing line)."""
-    _check_args(max_res, min_res, shard_size, image_format, jpeg_quality, max_pixels, workers)
-    spec = ImageSpec(max_res, min_res, image_format, jpeg_quality, allow_upscale, max_pixels)
+    _check_args(max_res, min_res, shard_size, image_format, jpeg_quality, max_pixels,
+                max_file_mb, workers)
+    spec = ImageSpec(max_res, min_res, image_format, jpeg_quality, allow_upscale, max_pixels,
+                     max_file_mb)
     sources = open_source(src)
     params = {
         "prep_version": PREP_VERSION,
@@ -216,7 +231,13 @@ def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
         "allow_upscale": allow_upscale,
         "max_pixels": max_pixels,
     }
+    if not src.startswith(SYNTHETIC_PREFIX):
+        # It decides which files are skipped; synthetic:N reads no file, and leaving the key
+        # out keeps synthetic sets prepared before it existed reusable.
+        params["max_file_mb"] = max_file_mb
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out}: exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):
@@ -291,15 +312,18 @@ def _write_shards(out: Path, todo: list[SourceItem], start: int, spec: ImageSpec
 def prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
             shard_size: int = 1000, workers: int | None = None, image_format: str = "png",
             jpeg_quality: int = 95, seed: int = 0, allow_upscale: bool = False,
-            progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+            progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+            max_file_mb: int = DEFAULT_MAX_FILE_MB) -> dict:
     """Prepare SRC (folder, .zip or "synthetic:N") as shards under `out`; returns the manifest.
 
     A complete output made with the same arguments (and the same list of inputs) is returned
     as it is, without recomputing; an interrupted one is finished from its last complete shard.
     An output folder that holds a preparation with other arguments raises PrepError (nothing
-    is deleted). Raises NoUsableImages (a PrepError) when every input is skipped.
+    is deleted). Raises NoUsableImages (a PrepError) when every input is skipped. Inputs that
+    are not regular files, or hold more than max_file_mb MB (2**20 bytes), are skipped without
+    reading more than that.
     """
     return run_prepare(src, out, max_res=max_res, min_res=min_res, shard_size=shard_size,
                        workers=workers, image_format=image_format, jpeg_quality=jpeg_quality,
                        seed=seed, allow_upscale=allow_upscale, progress=progress,
-                       max_pixels=max_pixels).manifest
+                       max_pixels=max_pixels, max_file_mb=max_file_mb).manifest

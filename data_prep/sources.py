@@ -3,7 +3,8 @@
 Only files with an image extension are inputs; everything else (.txt, .json, .DS_Store, ...) is
 ignored silently, as are hidden files and folders (names starting with ".", which includes macOS
 "._x.jpg" metadata) and "__MACOSX/" folders in zips. Files with an image extension that turn out
-not to be images are reported in `skipped`.
+not to be images, not to be regular files (FIFOs, devices, dangling links, linked folders) or to
+be larger than the bound are reported in `skipped`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.errors import PrepError
+from data_prep.files import FileTooLarge, NotRegularFile, open_regular, read_at_most
 from data_prep.keys import natural_sort_key, unique_keys
 from data_prep.synthetic import SYNTHETIC_VERSION
 
@@ -23,8 +25,6 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
 })
-# No real image file is this large; the cap keeps a lying zip header from exhausting memory.
-MAX_FILE_BYTES = 1 << 30
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -63,8 +63,11 @@ def _fingerprint(kind: str, entries: list) -> str:
 def _folder(root: Path) -> SourceSet:
     found: list[tuple[str, int]] = []
     for dirpath, dirnames, filenames in os.walk(root):
+        # Linked folders are not followed (no loops), but one with an image name is an input
+        # the worker reports, rather than a silent omission.
+        linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for fname in filenames:
+        for fname in filenames + linked:
             rel = Path(dirpath, fname).relative_to(root).as_posix()
             if _is_input(rel):
                 try:
@@ -81,8 +84,15 @@ def _folder(root: Path) -> SourceSet:
 
 def _zip(path: Path) -> SourceSet:
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
+        with open_regular(path) as f:
+            if not zipfile.is_zipfile(f):
+                raise PrepError(f"--src {path}: not a folder, a .zip or synthetic:N")
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+    except NotRegularFile as exc:
+        raise PrepError(f"--src {path}: not a folder, a .zip or synthetic:N (a {exc})") from None
+    except FileNotFoundError:
+        raise PrepError(f"--src {path}: no such file or directory") from None
     except (OSError, zipfile.BadZipFile) as exc:
         raise PrepError(f"--src {path}: unreadable zip: {exc}") from exc
     found = [(i, info.filename, info.file_size) for i, info in enumerate(infos)
@@ -109,38 +119,30 @@ def open_source(src: str) -> SourceSet:
     if src.startswith(SYNTHETIC_PREFIX):
         return _synthetic(src)
     path = Path(src)
-    if path.is_dir():
-        return _folder(path)
-    if path.is_file():
-        if zipfile.is_zipfile(path):
-            return _zip(path)
-        raise PrepError(f"--src {src}: not a folder, a .zip or synthetic:N")
-    raise PrepError(f"--src {src}: no such file or directory")
-
-
-class SourceTooLarge(Exception):
-    """The file is larger than any image this tool accepts."""
+    return _folder(path) if path.is_dir() else _zip(path)
 
 
 # Each worker keeps its zips open: reopening per member would reread the central directory.
 _open_zips: dict[str, zipfile.ZipFile] = {}
 
 
-def read_bytes(item: SourceItem) -> bytes:
-    """The raw bytes of a file or zip member (never extracted to disk)."""
+def read_bytes(item: SourceItem, max_bytes: int) -> bytes:
+    """The raw bytes of a file or zip member (never extracted to disk).
+
+    Raises NotRegularFile for a file that is not a regular one (nothing is opened), and
+    FileTooLarge past max_bytes, whether stated (size, zip header) or found while reading.
+    """
     if item.kind == "file":
-        size = os.stat(item.path).st_size
-        if size > MAX_FILE_BYTES:
-            raise SourceTooLarge(f"{size} bytes")
-        with open(item.path, "rb") as f:
-            return f.read()
+        with open_regular(item.path, max_bytes) as f:
+            return read_at_most(f, max_bytes)
     zf = _open_zips.get(item.path)
-    if zf is None:
+    if zf is None:  # open_source has checked that it is a regular file
         zf = _open_zips[item.path] = zipfile.ZipFile(item.path)
     info = zf.infolist()[item.index]
-    if info.file_size > MAX_FILE_BYTES:
-        raise SourceTooLarge(f"{info.file_size} bytes")
-    return zf.read(info)
+    if info.file_size > max_bytes:
+        raise FileTooLarge(f"{info.file_size} bytes")
+    with zf.open(info) as member:
+        return read_at_most(member, max_bytes)
 
 
 def close_zips() -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from data_prep import NoUsableImages, PrepError, prepare, verify
 from data_prep.cli import main
+from data_prep.files import MB, FileTooLarge, read_at_most
 from data_prep.keys import unique_keys
 from data_prep.pipeline import run_prepare
 
@@ -147,6 +148,22 @@ def _images(out: Path, res: int) -> dict[str, np.ndarray]:
     return found
 
 
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """python -m data_prep ARGS, killed with its workers if still running after `timeout`,
+    so that a run blocked on a FIFO fails its test instead of hanging it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep", *args], cwd=ROOT, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"data_prep {' '.join(args)}: still running after {timeout} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 # ---------------------------------------------------------------- shared prepared outputs
 
 @pytest.fixture(scope="module")
@@ -249,6 +266,63 @@ def test_zip_slip_member_writes_nothing_outside(tmp_path):
     assert not any("evil" in p.name or "root" in p.name for p in new)
     assert m["num_images"] == 3
     assert set(_images(out, 16)) == {"evil", "abs_root", "ok"}
+
+
+def test_special_and_oversized_files_are_skipped_unread(tmp_path):
+    src = _write_tree(tmp_path / "src", {
+        "a.png": GOOD["sub/deeper/10.png"],
+        "b.jpg": GOOD["good/rgb.jpg"],
+        "big.png": GOOD["good/gray.png"] + bytes(2 * MB),  # a valid image, 2 MB on disk
+    })
+    os.mkfifo(src / "fifo.png")
+    (src / "zero.png").symlink_to("/dev/zero")
+    (src / "dangling.png").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "folder").mkdir()
+    (src / "folder.png").symlink_to(tmp_path / "folder")
+    out = tmp_path / "out"
+    # One worker: a build that opened inputs blindly would block on fifo.png (sorted before
+    # zero.png) and be killed by the timeout, instead of reading /dev/zero until memory runs out.
+    run = _run_cli("--src", str(src), "--out", str(out), "--max-res", "16", "--max-file-mb", "1",
+                   "--workers", "1", "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "2 images written, 5 skipped" in run.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["skipped"] == [
+        {"source": "big.png", "reason": "larger than --max-file-mb 1 MB"},
+        {"source": "dangling.png", "reason": "not a regular file (dangling symlink)"},
+        {"source": "fifo.png", "reason": "not a regular file (FIFO)"},
+        {"source": "folder.png", "reason": "not a regular file (directory)"},
+        {"source": "zero.png", "reason": "not a regular file (character device)"},
+    ]
+    assert m["params"]["max_file_mb"] == 1
+    assert list(_images(out, 16)) == ["a", "b"]
+
+
+def test_max_file_mb_bounds_zip_members(tmp_path):
+    # Deflated, the 2 MB member takes a few kB in the zip: only its stated size gives it away.
+    src = _zip(tmp_path / "z.zip", {"a.png": GOOD["sub/deeper/2.png"],
+                                    "big.png": GOOD["good/gray.png"] + bytes(2 * MB)})
+    m = prepare(str(src), tmp_path / "o1", workers=1, max_file_mb=1, **PREP)
+    assert m["num_images"] == 1
+    assert m["skipped"] == [{"source": "big.png", "reason": "larger than --max-file-mb 1 MB"}]
+    assert prepare(str(src), tmp_path / "o2", workers=1, **PREP)["num_images"] == 2
+
+
+def test_read_at_most_stops_one_byte_past_the_bound():
+    # Like /dev/zero or a procfs file, a stream that does not say how long it is.
+    class Endless:
+        served = 0
+
+        def read(self, n: int) -> bytes:
+            self.served += n
+            return bytes(n)
+
+    bound = 3 * MB + 5  # several reads
+    endless = Endless()
+    with pytest.raises(FileTooLarge):
+        read_at_most(endless, bound)
+    assert endless.served == bound + 1
+    assert read_at_most(io.BytesIO(b"x" * bound), bound) == b"x" * bound
 
 
 def test_synthetic_source_keys_and_counts(tmp_path):
@@ -414,3 +488,22 @@ def test_cli_closing_line_and_exit_codes(tmp_path, capsys):
     assert "no usable image" in capsys.readouterr().err
     with pytest.raises(NoUsableImages):
         prepare(str(bad_only), tmp_path / "o3", max_res=8, progress=False, workers=1)
+
+
+def test_cli_special_src_or_file_out_is_one_line_and_exit_2(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "zero.zip").symlink_to("/dev/zero")
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--src", str(tmp_path / "fifo"), "--out", str(tmp_path / "o")], "(a FIFO)"),
+        (["--src", str(tmp_path / "zero.zip"), "--out", str(tmp_path / "o")],
+         "(a character device)"),
+        (["--src", "synthetic:2", "--out", str(tmp_path / "file")], "exists and is not a folder"),
+    ]
+    for args, words in cases:
+        run = _run_cli(*args, "--max-res", "8", "--no-progress", timeout=30)
+        assert run.returncode == 2, run.stderr
+        assert run.stdout == ""
+        [line] = run.stderr.splitlines()
+        assert line.startswith("data_prep: error: ") and words in line, line
+    assert not (tmp_path / "o").exists()
