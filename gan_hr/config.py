@@ -127,6 +127,8 @@ class TrackingConfig:
     project: str = "gan_hr"
     entity: str | None = None
     run_name: str | None = None
+    # Seconds W&B may take to start online before the run falls back to offline logging.
+    init_timeout_s: float = 20.0
 
 
 @dataclass
@@ -385,6 +387,7 @@ def validate(cfg: Config) -> None:
         _one_of(name, METRICS, f"train.metrics[{i}]")
 
     _one_of(tr.backend, BACKENDS, "tracking.backend")
+    _check(0 < tr.init_timeout_s <= 300, "tracking.init_timeout_s", "must be in (0, 300] seconds")
 
     if d.path is not None:
         _validate_data_path(d.path, s.max_res)

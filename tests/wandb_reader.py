@@ -57,3 +57,8 @@ def run_id(path: Path) -> str:
         if record.WhichOneof("record_type") == "run":
             return record.run.run_id
     raise AssertionError("no run record")
+
+
+def exit_codes(path: Path) -> list[int]:
+    """The exit codes the run was finished with (one per finish)."""
+    return [r.exit.exit_code for r in read_records(path) if r.WhichOneof("record_type") == "exit"]

@@ -7,9 +7,10 @@ resume that does not fit) is reported before a single file is written.
 from __future__ import annotations
 
 import os
-import secrets
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -19,14 +20,14 @@ from gan_hr.config import Config, ConfigError, save_config
 from gan_hr.evaluation import Evaluator
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
-from gan_hr.training.checkpoint import Checkpoint, complete_checkpoints, load_checkpoint, load_newest, resolve_checkpoint
+from gan_hr.training.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from gan_hr.training.precision import accelerate_device, resolve_precision
-from gan_hr.training.run_dir import MetricsLog, RunDir
+from gan_hr.training.resume import LaunchError, Resume, report_changes, select_init, select_resume, warn
+from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id
+from gan_hr.training.tracking import start_tracking
 from gan_hr.training.trainer import Trainer
 
-
-class LaunchError(RuntimeError):
-    """A launch that cannot work (wrong process count, resume conflict), said in one line."""
+__all__ = ["LaunchError", "make_accelerator", "run_training"]
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -60,34 +61,45 @@ def check_batch_sizes(cfg: Config, world_size: int) -> None:
             raise ConfigError(f"{key}: global batch {batch} at {res}x{res} is not divisible by {world_size} processes")
 
 
-def choose_run_dir(acc: Accelerator, run_dir: str | None, name: str) -> RunDir:
-    """The given run directory, or runs/<name>-<time> chosen once on the main process."""
+def choose_run_dir(acc: Accelerator, run_dir: str | None, name: str, resume: str) -> RunDir:
+    """The given run directory; for `--resume PATH` without one, the run that holds PATH; else
+    runs/<name>-<time>, chosen once on the main process. A path that is not a directory is refused."""
+    if run_dir is None and resume not in ("auto", "none"):
+        try:
+            run_dir = str(resolve_checkpoint(resume).parent.parent)
+        except CheckpointError as exc:
+            raise LaunchError(f"--resume: {exc}") from exc
     if run_dir is None:
         choice = [f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}" if acc.is_main_process else None]
         if acc.num_processes > 1:
             broadcast_object_list(choice)
         run_dir = choice[0]
-    return RunDir(Path(run_dir))
+    run = RunDir(Path(run_dir))
+    for path in (run.root, run.checkpoints, run.samples):
+        if path.exists() and not path.is_dir():
+            raise LaunchError(f"--run-dir: {path} exists and is not a directory")
+    return run
 
 
-def select_resume(acc: Accelerator, run_dir: RunDir, resume: str) -> Checkpoint | None:
-    """`none`: a fresh run (refused if the directory has checkpoints); `auto`: the newest
-    checkpoint all ranks can read, if any; otherwise a checkpoint path."""
-    rank = acc.process_index
-    if resume == "none":
-        if complete_checkpoints(run_dir.checkpoints):
-            raise LaunchError(f"{run_dir.root} already has checkpoints: pass --resume auto to continue it, "
-                              "or choose another --run-dir")
-        return None
-    if resume == "auto":
-        def all_agree(ok: bool) -> bool:
-            flag = torch.tensor([1.0 if ok else 0.0], device=acc.device)
-            return bool(acc.reduce(flag, reduction="sum").item() == acc.num_processes)
-        return load_newest(run_dir.checkpoints, rank, all_agree=all_agree)
-    try:
-        return load_checkpoint(resolve_checkpoint(resume), rank)
-    except Exception as exc:
-        raise LaunchError(str(exc)) from exc
+def lock_run_dir(acc: Accelerator, run: RunDir) -> RunLock | None:
+    """Create the run directory and hold its lock on the main process for the whole run; every
+    rank raises LaunchError when another trainer holds it (or it cannot be created)."""
+    lock, problem = None, None
+    if acc.is_main_process:
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run.root)
+            lock.acquire()
+        except RunLocked as exc:
+            problem = str(exc)
+        except OSError as exc:
+            problem = f"--run-dir: cannot create or lock {run.root}: {exc.strerror or exc}"
+    outcome = [problem]
+    if acc.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[0] is not None:
+        raise LaunchError(outcome[0] if problem else f"{run.root}: {outcome[0]}")
+    return lock
 
 
 def prepare_data(cfg: Config, acc: Accelerator) -> str:
@@ -120,35 +132,79 @@ def make_evaluator(cfg: Config, acc: Accelerator, data_root: str) -> Evaluator |
         raise ConfigError(f"train.metrics: {exc}") from exc
 
 
-def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str) -> RunDir:
+def start_run_dir(run: RunDir, cfg: Config, resume: Resume | None, init: Checkpoint | None) -> dict[str, Any]:
+    """Write what a starting run keeps (main process, under the lock); returns run.json.
+
+    config.yaml is always the config the run now trains with, and config-history/ holds each
+    config from the step it took effect, so that every resume that changed a key is on record.
+    metrics.jsonl loses only rows logged after the checkpoint resumed from (they will be logged
+    again)."""
+    run.create()
+    step = resume.ckpt.step if resume else 0
+    record = run.read_record()
+    if record is None:  # a new run, or one started before run.json existed
+        saved_id = resume.ckpt.meta["state"].get("wandb_run_id") if resume else None
+        parent = None
+        if init is not None:
+            parent = {"checkpoint": str(init.path.resolve()), "step": init.step,
+                      "wandb_run_id": init.meta["state"].get("wandb_run_id")}
+        record = {"wandb_run_id": saved_id if isinstance(saved_id, str) else new_run_id(), "parent": parent}
+        run.write_record(record)
+    if resume is None or resume.changes:
+        run.config_history.mkdir(exist_ok=True)
+        save_config(cfg, run.config_history / f"step-{step:08d}.yaml")
+    save_config(cfg, run.config)
+    MetricsLog(run.metrics).truncate_after(step)
+    if resume:
+        report_changes(resume.changes, resume.ckpt)
+        print(f"resuming from {resume.ckpt.path} (step {step}, {resume.ckpt.meta['kimg']:.1f} kimg)")
+    elif init is not None:
+        print(f"warm start from {init.path} (step {init.step}, {init.meta['resolution']}x{init.meta['resolution']})")
+    return record
+
+
+def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, init_from: str | None = None,
+                 init_optimizers: bool = False) -> RunDir:
     """Check everything, then train; the run directory is written only after all checks pass.
     Returns the run directory."""
+    if init_from is not None and resume != "none":
+        raise LaunchError("--init-from starts a new run: it cannot be combined with --resume")
     acc = make_accelerator(cfg)
-    run = choose_run_dir(acc, run_dir, name)
-    ckpt = select_resume(acc, run, resume)
+    run = choose_run_dir(acc, run_dir, name, resume)
+    init = None
+    if init_from is not None:
+        init = select_init(cfg, init_from, with_optimizers=init_optimizers)
+        res = int(init.meta["resolution"])
+        if cfg.schedule.start_res != res:
+            if acc.is_main_process:
+                warn(f"warm start at {res}x{res}: schedule.start_res {cfg.schedule.start_res} -> {res}")
+            cfg.schedule.start_res = res
     data_root = prepare_data(cfg, acc)
     evaluator = make_evaluator(cfg, acc, data_root)
 
-    run_id = (ckpt.meta["state"].get("wandb_run_id") if ckpt else None) or secrets.token_hex(4)
-    if acc.is_main_process:
-        run.create()
-        save_config(cfg, run.config)
-        MetricsLog(run.metrics).truncate_after(ckpt.meta["step"] if ckpt else 0)
-        if ckpt:
-            print(f"resuming from {ckpt.path} (step {ckpt.meta['step']}, {ckpt.meta['kimg']:.1f} kimg)")
-    acc.wait_for_everyone()
-    if cfg.tracking.backend == "wandb":
-        acc.init_trackers(
-            cfg.tracking.project,
-            config=cfg.to_dict(),
-            init_kwargs={"wandb": {"id": run_id, "resume": "allow", "dir": str(run.root),
-                                   "name": cfg.tracking.run_name or run.root.name, "entity": cfg.tracking.entity}},
-        )
-    trainer = Trainer(cfg, run, acc, data_root, resume=ckpt, wandb_run_id=run_id, evaluator=evaluator)
+    created = not run.root.exists()
+    lock = lock_run_dir(acc, run)
+    try:
+        ckpt = select_resume(acc, run, resume, cfg)
+    except LaunchError:
+        if created and acc.is_main_process:
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    record = [start_run_dir(run, cfg, ckpt, init) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(record)
+    tracking = start_tracking(acc, cfg, run, record[0])
+    trainer = Trainer(cfg, run, acc, data_root, resume=ckpt.ckpt if ckpt else None, init=init,
+                      init_optimizers=init_optimizers, wandb_run_id=record[0]["wandb_run_id"], evaluator=evaluator)
+    exit_code = 1
     try:
         trainer.train()
+        exit_code = 0
         return run
     finally:
+        tracking.finish(exit_code)
         acc.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        if lock is not None:
+            lock.release()

@@ -76,6 +76,8 @@ class Trainer:
         data_root: str,
         *,
         resume: Checkpoint | None = None,
+        init: Checkpoint | None = None,
+        init_optimizers: bool = False,
         wandb_run_id: str | None = None,
         evaluator: Evaluator | None = None,
     ) -> None:
@@ -122,6 +124,8 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
         else:
+            if init is not None:
+                self._warm_start(init, init_optimizers)
             torch.manual_seed(cfg.train.seed * 1000 + self.rank + 1)
         self.stop = StopRequest()
         self._totals: dict[str, torch.Tensor] = {}
@@ -179,6 +183,17 @@ class Trainer:
         torch.set_rng_state(ckpt.rng["torch"])
         if self.device.type == "cuda" and "cuda" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
+
+    def _warm_start(self, ckpt: Checkpoint, with_optimizers: bool) -> None:
+        """A new run from another run's checkpoint: the blocks it has load, new ones (a higher
+        max_res) keep their fresh init; shapes were checked by `resume.select_init`."""
+        for name, net in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            net.load_state_dict(ckpt.models[name], strict=False)
+        if with_optimizers:  # only offered when the networks are the same (select_init)
+            self.opt_G.load_state_dict(ckpt.optim["G"])
+            self.opt_D.load_state_dict(ckpt.optim["D"])
+            self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
+            self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
 
     # ------------------------------------------------------------------ the loop
 
@@ -314,7 +329,7 @@ class Trainer:
             loss_d, stats_d = discriminator_loss(cfg.loss, D, real, fake.float(), regularize=regularize,
                                                  grad_scale=grad_scale,
                                                  D_penalty=D_penalty if cfg.train.compile else None)
-        d_ok, _ = self._apply(loss_d, self.D, self.opt_D, self.scaler_D)
+        d_ok, d_healthy, _ = apply_gradients(loss_d, self.D, self.opt_D, self.scaler_D)
 
         # Generator step.
         self.D.requires_grad_(False)
@@ -322,17 +337,19 @@ class Trainer:
         with self.acc.autocast():
             loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
         stop_flag = torch.full((1,), float(self.stop.requested), device=self.device)
-        g_ok, stop_avg = self._apply(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
+        g_ok, g_healthy, stop_avg = apply_gradients(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
         average_buffers(self.G)
         average_buffers(self.D)
 
         # Everything below stays on the device: a skipped step leaves G_ema as it was (beta 1),
-        # and the host learns of it, and of a stop request, one step later.
+        # and the host learns of it, and of a stop request, one step later. Only unhealthy steps
+        # (not fp16 overflows while the loss scale settles) count toward divergence.
         ok = d_ok & g_ok
+        healthy = d_healthy & g_healthy
         beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
         update_ema(self.G_ema, self.G, torch.where(ok, beta, 1.0))
-        self._nan_streak = (self._nan_streak + 1) * ~ok
-        self._nan_skipped += ~ok
+        self._nan_streak = (self._nan_streak + 1) * ~healthy
+        self._nan_skipped += ~healthy
         self._take_flags(self._flags.push(torch.cat([self._nan_streak, self._nan_skipped, stop_avg.float()])))
 
         self.state.step += 1
@@ -341,25 +358,6 @@ class Trainer:
         self._accumulate({**stats_d, **stats_g})
         self._window_steps += 1
         self._window_images += global_batch
-
-    def _apply(self, loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backward, average gradients across ranks, and step unless they are not finite.
-
-        Returns whether the step was applied (a 0-dim bool tensor, the same on every rank,
-        so all skip a bad step together) and the averaged flags, both left on the device."""
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        flags_avg, finite = average_gradients(net, flags if flags is not None else torch.zeros(1, device=self.device))
-        if scaler.is_enabled():
-            scaler.step(opt)  # with a fused optimizer it skips an overflow on the device
-            scaler.update()
-        else:
-            # The fused optimizer's own skip, as GradScaler drives it: no host sync.
-            opt.found_inf = (~finite).float()
-            opt.step()
-            del opt.found_inf
-        return finite, flags_avg
 
     def _take_flags(self, values: list[float] | None) -> None:
         """Host bookkeeping from a step's device flags: [nan streak, skipped total, stop request]."""
@@ -464,7 +462,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "torch_version": torch.__version__,
         }
-        write_checkpoint(
+        path = write_checkpoint(
             self.run_dir.checkpoints,
             self.state.step,
             rank=self.rank,
@@ -473,10 +471,17 @@ class Trainer:
                    "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict()},
             rng=rng,
             meta=meta,
-            barrier=self.acc.wait_for_everyone,
+            all_ok=self._all_ok,
         )
         if self.acc.is_main_process:
-            prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_checkpoints)
+            prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_checkpoints, newest=path)
+
+    def _all_ok(self, ok: bool) -> bool:
+        """True when every rank says ok (an all-reduce, so also a barrier)."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item() == self.world)
 
     def _rank_checksums(self) -> list[list[float]]:
         """Sums of every rank's G, D and G_ema state, gathered: identical rows mean the ranks
@@ -501,3 +506,32 @@ class Trainer:
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the state dict, so saving never races the next step."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward, average gradients (and `flags`) across ranks, and step unless they are not finite.
+
+    Returns 0-dim bool device tensors, the same on every rank: whether the step was applied, and
+    whether it was healthy; and the averaged flags. A skipped step is healthy when GradScaler
+    explains it: under fp16 the scaled gradients overflow while the scaler is still finding its
+    scale, with a finite loss on every rank and a scale above 1 left to shrink. Anything else
+    non-finite (a NaN or inf loss, overflow at scale 1, any in fp32/bf16) is not."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    sent = loss_bad if flags is None else torch.cat([flags.reshape(-1), loss_bad])
+    flags_avg, finite = average_gradients(net, sent)
+    if scaler.is_enabled():
+        # The scale as a device tensor, read before update() halves it: get_scale() would sync.
+        settling = (flags_avg[-1] == 0) & (scaler._get_scale_async() > 1)
+        scaler.step(opt)  # with a fused optimizer it skips an overflow on the device
+        scaler.update()
+        healthy = finite | settling
+    else:
+        # The fused optimizer's own skip, as GradScaler drives it: no host sync.
+        opt.found_inf = (~finite).float()
+        opt.step()
+        del opt.found_inf
+        healthy = finite
+    return finite, healthy, flags_avg[:-1]

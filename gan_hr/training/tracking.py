@@ -1,0 +1,57 @@
+"""W&B through Accelerate's tracker, made safe for week-long jobs on clusters.
+
+Tracking never stops or stalls training: when W&B cannot start online (no API key, a server it
+cannot reach within `tracking.init_timeout_s`), the run logs offline into the run directory, with
+one warning line saying how to upload it later (`wandb sync`). The run id comes from run.json, so
+every restart continues the same W&B run; a warm-started run records its parent in the config.
+The run is finished with the process's exit code, so a diverged run shows as failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate import Accelerator
+
+from gan_hr.config import Config
+from gan_hr.training.resume import warn
+from gan_hr.training.run_dir import RunDir
+
+
+class Tracking:
+    """The W&B run of this process (main process only; a no-op elsewhere or without W&B)."""
+
+    def __init__(self, acc: Accelerator) -> None:
+        self.acc = acc
+
+    def finish(self, exit_code: int) -> None:
+        """Close the W&B run with the run's exit code (Accelerate's own finish passes none)."""
+        for tracker in [t for t in self.acc.trackers if t.name == "wandb"]:
+            run = getattr(tracker, "run", None)
+            if run is not None:
+                run.finish(exit_code=exit_code)
+            self.acc.trackers.remove(tracker)
+
+
+def start_tracking(acc: Accelerator, cfg: Config, run: RunDir, record: dict[str, Any]) -> Tracking:
+    """Start the W&B run recorded in run.json, falling back to offline logging if it must."""
+    if cfg.tracking.backend != "wandb":
+        return Tracking(acc)
+    import wandb
+
+    config = {**cfg.to_dict(), "parent": record.get("parent")}
+    settings = {"init_timeout": cfg.tracking.init_timeout_s}
+    kwargs = {"id": record["wandb_run_id"], "resume": "allow", "dir": str(run.root),
+              "name": cfg.tracking.run_name or run.root.name, "entity": cfg.tracking.entity}
+    try:
+        acc.init_trackers(cfg.tracking.project, config=config,
+                          init_kwargs={"wandb": {**kwargs, "settings": wandb.Settings(**settings)}})
+    except Exception as exc:  # wandb raises UsageError, CommError, timeouts, ...: none may end the run
+        acc.trackers.clear()
+        wandb.teardown()  # the failed attempt's service still holds the run id
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warn(f"W&B could not start online ({type(exc).__name__}: {reason}); logging offline to "
+             f"{run.root / 'wandb'}: upload it later with `wandb sync {run.root / 'wandb'}/offline-run-*`")
+        acc.init_trackers(cfg.tracking.project, config=config,
+                          init_kwargs={"wandb": {**kwargs, "mode": "offline", "settings": wandb.Settings(**settings)}})
+    return Tracking(acc)
