@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ class Config:
         if self.data.path is not None:
             return self.data.path
         name = f"synthetic-{self.data.synthetic_images}-{self.schedule.max_res}"
-        return str(Path(self.data.synthetic_dir) / name)
+        # os.path.join, not Path: Path drops a leading ./, which turns './pipe:x' into a command.
+        return os.path.join(self.data.synthetic_dir, name)
 
 
 MODEL_NAMES = ("progan", "stylegan", "dcgan")

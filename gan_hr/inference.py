@@ -11,7 +11,7 @@ from torch import nn
 
 from gan_hr.config import Config, from_dict
 from gan_hr.models import build_generator
-from gan_hr.training.checkpoint import load_checkpoint, resolve_checkpoint
+from gan_hr.training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
 
 @dataclass
@@ -29,14 +29,21 @@ def load_generator(path: str | Path, *, use_ema: bool = True) -> TrainedGenerato
     with the resolution and fade-in it had reached."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path, with_training_state=False)
-    cfg = from_dict(ckpt.meta["config"])
-    generator = build_generator(cfg.model, cfg.schedule.max_res)
-    generator.load_state_dict(ckpt.models["G_ema" if use_ema else "G"])
+    # A directory that only looks like a checkpoint (foreign meta.json, other model shapes) is
+    # a CheckpointError saying so, not a KeyError or a state-dict traceback.
+    try:
+        cfg = from_dict(ckpt.meta["config"])
+        generator = build_generator(cfg.model, cfg.schedule.max_res)
+        generator.load_state_dict(ckpt.models["G_ema" if use_ema else "G"])
+        resolution, alpha = int(ckpt.meta["resolution"]), float(ckpt.meta["alpha"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise CheckpointError(f"{ckpt_path}: not a gan_hr checkpoint ({reason})") from exc
     generator.eval().requires_grad_(False)
     return TrainedGenerator(
         generator=generator,
-        resolution=int(ckpt.meta["resolution"]),
-        alpha=float(ckpt.meta["alpha"]),
+        resolution=resolution,
+        alpha=alpha,
         config=cfg,
         meta=ckpt.meta,
         path=ckpt_path,

@@ -5,10 +5,13 @@
         [--append-metrics]
 
 --checkpoint takes a checkpoint directory, a run's checkpoints/ folder or a run directory (its
-newest checkpoint). --data defaults to the checkpoint config's data.path; for a run on the
-built-in set (data.path null) it is the synthetic set the trainer prepared, at
+newest checkpoint). --data takes a data_prep directory, a URL or a pipe: command. It defaults
+to the checkpoint config's data.path; for a run on the built-in set (data.path null) it is the
+synthetic set the trainer prepared, at
 <data.synthetic_dir>/synthetic-<data.synthetic_images>-<schedule.max_res>, relative to the
-current directory as in training. --num defaults to the config's train.metrics_num_images.
+current directory as in training. That default must be a local data_prep directory: a saved
+pipe: command or URL is never run (checkpoints are shared), and --data is asked for instead.
+--num defaults to the config's train.metrics_num_images.
 Truncation is off unless --truncation is given (StyleGAN only), as FID is usually reported.
 
 Real images are the first N of the data set's stream at the checkpoint's resolution; fakes come
@@ -33,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gan_hr.config import Config  # noqa: E402
 from gan_hr.evaluation import Evaluator  # noqa: E402
 from gan_hr.inference import load_generator  # noqa: E402
 from gan_hr.metrics import METRICS  # noqa: E402
+from gan_hr.path_args import checkpoint_arg, data_arg, out_dir_arg, saved_data_root  # noqa: E402
 from gan_hr.training.checkpoint import CheckpointError  # noqa: E402
 from gan_hr.training.run_dir import MetricsLog, RunDir  # noqa: E402
 
@@ -60,23 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_data(cfg: Config) -> str:
-    """The data the run trained on: data.path, or the built-in set where the trainer prepares it."""
-    return cfg.data_root()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the record (metric values and where they come from)."""
-    trained = load_generator(args.checkpoint)
+    # Every path argument is checked before anything is loaded.
+    data = data_arg(args.data) if args.data is not None else None
+    cache_dir = out_dir_arg(args.cache_dir, "--cache-dir") if args.cache_dir is not None else None
+    trained = load_generator(checkpoint_arg(args.checkpoint))
     cfg = trained.config
     run_dir = RunDir(trained.path.parent.parent)
     if args.append_metrics and not run_dir.metrics.is_file():
         raise ValueError(f"--append-metrics: {trained.path} is not inside a run directory (no {run_dir.metrics})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num = args.num if args.num is not None else cfg.train.metrics_num_images
+    if data is None:
+        data = saved_data_root(cfg)
     evaluator = Evaluator(
-        args.data or default_data(cfg), args.metric or ["swd"], num_images=num, batch_size=args.batch_size,
-        seed=args.seed, device=device, inception_weights=args.inception_weights, cache_dir=args.cache_dir,
+        data, args.metric or ["swd"], num_images=num, batch_size=args.batch_size,
+        seed=args.seed, device=device, inception_weights=args.inception_weights, cache_dir=cache_dir,
         progress=True,
     )
     G = trained.generator.to(device)
@@ -104,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         record = run(args)
+    except CheckpointError as exc:
+        print(f"error: --checkpoint: {exc}", file=sys.stderr)
+        return 2
     # MissingInceptionWeights is an OSError: its message says which file, where to get it, how to pass it.
-    except (CheckpointError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(record))

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from gan_hr.inference import TrainedGenerator, generate, load_generator  # noqa: E402
+from gan_hr.path_args import checkpoint_arg, image_file_arg, out_dir_arg  # noqa: E402
 from gan_hr.sampling import (  # noqa: E402
     interpolate_latents,
     interpolate_w,
@@ -71,7 +72,11 @@ def mixing_layers(spec: str, num_ws: int) -> range:
 
 
 def run(args: argparse.Namespace) -> Path:
-    trained = load_generator(args.checkpoint, use_ema=not args.no_ema)
+    # Every path argument is checked before anything is loaded or written. A grid goes to one
+    # PNG per sample when --out names a directory (an existing one, or one ending in /).
+    per_sample = args.mode == "grid" and (args.out.endswith("/") or Path(args.out).is_dir())
+    out = out_dir_arg(args.out) if per_sample else image_file_arg(args.out)
+    trained = load_generator(checkpoint_arg(args.checkpoint), use_ema=not args.no_ema)
     G = trained.generator
     style = getattr(G, "supports_style", False)
     psi = args.truncation if args.truncation is not None else (trained.config.model.truncation_psi if style else 1.0)
@@ -82,8 +87,6 @@ def run(args: argparse.Namespace) -> Path:
     G.to(device)
     style_kwargs = {"truncation_psi": psi, "truncation_cutoff": args.truncation_cutoff, "noise_mode": "const"}
     res, alpha = trained.resolution, trained.alpha
-    out = Path(args.out)
-    per_sample = args.out.endswith("/") or out.is_dir()
 
     if args.mode == "grid":
         seeds = list(range(args.seed, args.seed + args.num))
@@ -95,8 +98,6 @@ def run(args: argparse.Namespace) -> Path:
             return out
         save_grid(images, out)
         return out
-    if per_sample:
-        raise ValueError(f"--mode {args.mode} writes one image: give --out a .png path")
     if args.mode == "mixing":
         cols = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
         rows = latents_from_seeds(range(args.seed + args.num, args.seed + args.num + args.rows), G.latent_dim)
@@ -138,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = run(args)
-    except (CheckpointError, ValueError) as exc:
+    except CheckpointError as exc:
+        print(f"error: --checkpoint: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gan_hr.path_args import out_dir_arg, run_dir_arg  # noqa: E402
 from gan_hr.plots import plot_run  # noqa: E402
 
 
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
     args = p.parse_args(argv)
     try:
-        written = plot_run(args.run_dir, args.out)
+        run_dir = run_dir_arg(args.run_dir)
+        out = out_dir_arg(args.out) if args.out is not None else None
+        written = plot_run(run_dir, out)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

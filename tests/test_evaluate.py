@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_fid import random_weights  # noqa: F401  (a module-scoped fixture: random Inception weights)
-from train_helpers import ROOT, train
+from train_helpers import ROOT, cpu_env, train
 
 import gan_hr.evaluation as evaluation
 from gan_hr.config import Config, ModelConfig
@@ -20,6 +24,7 @@ from gan_hr.evaluation import Evaluator, evaluate_generator
 from gan_hr.inference import load_generator
 from gan_hr.metrics import compute_swd, to_uint8
 from gan_hr.metrics.fid import INCEPTION_WEIGHTS_ENV
+from gan_hr.path_args import PathArgError, saved_data_root
 from gan_hr.models import build_generator
 from gan_hr.plots import resolution_spans
 from gan_hr.sampling import latents_from_seeds
@@ -221,12 +226,110 @@ def test_plot_of_a_trained_and_evaluated_run(run, tmp_path, capsys):
         (0.0, 0.064, 4), (0.064, 0.192, 8), (0.192, 0.224, 16)]
 
 
-def test_default_data_is_the_set_the_trainer_used():
+def test_default_data_is_the_set_the_trainer_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for root in ("d/s/synthetic-512-32", "celebahq"):
+        (tmp_path / root).mkdir(parents=True)
+        (tmp_path / root / "manifest.json").write_text("{}")
     cfg = Config()
     cfg.data.synthetic_dir, cfg.data.synthetic_images, cfg.schedule.max_res = "d/s", 512, 32
-    assert evaluate.default_data(cfg) == str(Path("d/s/synthetic-512-32"))
-    cfg.data.path = "/data/celebahq"
-    assert evaluate.default_data(cfg) == "/data/celebahq"
+    assert saved_data_root(cfg) == str(tmp_path.resolve() / "d/s/synthetic-512-32")
+    cfg.data.path = str(tmp_path / "celebahq")
+    assert saved_data_root(cfg) == str(tmp_path.resolve() / "celebahq")
+
+
+@pytest.mark.parametrize("path, synthetic_dir, message", [
+    ("pipe:cat {path}", "data/synthetic", "the checkpoint's data.path 'pipe:cat {path}' is not a local directory"),
+    ("https://host/data", "data/synthetic", "the checkpoint's data.path 'https://host/data' is not a local directory"),
+    (None, "pipe:cat {path}", "the checkpoint's data.synthetic_dir 'pipe:cat {path}' is not a local directory"),
+    # Path('./pipe:x') / name is 'pipe:x/name': the leading ./ must not turn it into a command.
+    (None, "./pipe:x {path}", "the checkpoint's data './pipe:x {path}/synthetic-2048-1024' (from "
+                              "data.synthetic_dir) is not a data_prep directory here"),
+    ("/nonexistent/data", "data/synthetic", "the checkpoint's data '/nonexistent/data' (from data.path) is not"),
+])
+def test_saved_data_must_be_a_local_data_set(path, synthetic_dir, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config()
+    cfg.data.path, cfg.data.synthetic_dir = path, synthetic_dir
+    with pytest.raises(PathArgError, match=re.escape(message)):
+        saved_data_root(cfg)
+
+
+def _poison(run_dir: Path, data_path: str) -> None:
+    """Write data_path into the config of the run's checkpoints and its config.yaml, as someone
+    sharing a checkpoint could."""
+    for meta_file in run_dir.glob("checkpoints/*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        meta["config"]["data"]["path"] = data_path
+        meta_file.write_text(json.dumps(meta))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"]["path"] = data_path
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def _evaluate_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "evaluate.py"), *args], cwd=ROOT,
+                          env=cpu_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_saved_pipe_command_never_runs_a_given_one_does(run, synthetic_data, tmp_path):
+    shared = tmp_path / "shared"
+    shutil.copytree(run, shared)
+    marker = tmp_path / "PWNED"
+    poisoned = f"pipe:touch {marker}; cat {synthetic_data}/{{path}}"
+    _poison(shared, poisoned)
+    for checkpoint in (shared, next(shared.glob("checkpoints/step-*"))):
+        proc = _evaluate_cli("--checkpoint", str(checkpoint), "--num", "4")
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [
+            f"error: the checkpoint's data.path {poisoned!r} is not a local directory; pass --data DIR"]
+        assert not marker.exists()
+    # The same command given by the user is theirs to run.
+    mine = tmp_path / "MINE"
+    given = f"pipe:touch {mine}; cat {synthetic_data}/{{path}}"
+    proc = _evaluate_cli("--checkpoint", str(shared), "--num", "4", "--data", given)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["resolution"] == 16 and mine.exists() and not marker.exists()
+
+
+def _files(root: Path) -> list[tuple[str, float]]:
+    return sorted((str(p), p.stat().st_mtime) for p in root.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "{tmp}/file"], "--checkpoint: {tmp}/file is a file; give a checkpoint directory, "
+                                      "a checkpoints/ folder or a run directory"),
+    (["--checkpoint", "{tmp}/missing"], "--checkpoint: no such directory: {tmp}/missing"),
+    (["--checkpoint", "{tmp}/empty"], "--checkpoint: {tmp}/empty is empty"),
+    (["--checkpoint", "{tmp}/other"], "--checkpoint: {tmp}/other holds no complete checkpoint"),
+    (["--checkpoint", "{tmp}/foreign"], "--checkpoint: {tmp}/foreign: not a gan_hr checkpoint (missing 'config')"),
+    (["--data", "{tmp}/missing"], "--data: no such directory: {tmp}/missing"),
+    (["--data", "{tmp}/file"], "--data: {tmp}/file is a file, not a data_prep directory"),
+    (["--data", "{tmp}/other"], "--data: no manifest.json in {tmp}/other (run python -m data_prep)"),
+    (["--cache-dir", "{tmp}/file"], "--cache-dir: {tmp}/file is a file, not a directory"),
+    (["--cache-dir", "{tmp}/file/stats"], "--cache-dir: {tmp}/file/stats is inside {tmp}/file, which is a file, "
+                                           "not a directory"),
+])
+def test_cli_wrong_kind_of_path_is_one_line(run, args, message, tmp_path, capsys):
+    shared = tmp_path / "run"
+    shutil.copytree(run, shared)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "meta.json").write_text("{}")
+    torch.save({"G": {}, "D": {}, "G_ema": {}}, tmp_path / "foreign" / "models.pt")
+    before = _files(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", str(shared)]
+    assert evaluate.main([*args, "--num", "4", "--append-metrics"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [f"error: {message.format(tmp=tmp_path)}"]
+    assert _files(tmp_path) == before
 
 
 # --------------------------------------------------------------------------- learning (issue 8)

@@ -79,3 +79,32 @@ def test_style_options_need_a_stylegan(runs, tmp_path, capsys):
     assert code == 2
     assert "needs a StyleGAN checkpoint (this one is progan)" in capsys.readouterr().err
     assert generate.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "{tmp}/file"], "--checkpoint: {tmp}/file is a file; give a checkpoint directory, "
+                                      "a checkpoints/ folder or a run directory"),
+    (["--checkpoint", "{tmp}/missing"], "--checkpoint: no such directory: {tmp}/missing"),
+    (["--checkpoint", "{tmp}/empty"], "--checkpoint: {tmp}/empty is empty"),
+    (["--checkpoint", "{tmp}/other"], "--checkpoint: {tmp}/other holds no complete checkpoint"),
+    (["--out", "{tmp}/file/x.png"], "--out: {tmp}/file/x.png is inside {tmp}/file, which is a file, not a directory"),
+    (["--out", "{tmp}/file/"], "--out: {tmp}/file/ is a file, not a directory"),
+    (["--out", "{tmp}/file/samples/"], "--out: {tmp}/file/samples/ is inside {tmp}/file, which is a file, "
+                                        "not a directory"),
+    (["--out", "{tmp}/noext"], "--out: {tmp}/noext has no image file extension (such as .png or .jpg)"),
+    (["--out", "{tmp}/empty", "--mode", "interpolation"],
+     "--out: {tmp}/empty is a directory; give an image file name such as {tmp}/empty/out.png"),
+])
+def test_wrong_kind_of_path_is_one_line(runs, args, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    args = [a.format(tmp=tmp_path) for a in args]
+    defaults = {"--checkpoint": str(runs / "progan"), "--out": str(tmp_path / "g.png")}
+    args += [item for key, value in defaults.items() if key not in args for item in (key, value)]
+    assert generate.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [f"error: {message.format(tmp=tmp_path)}"]
+    assert sorted(tmp_path.rglob("*")) == before

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from train_helpers import ROOT
 
@@ -97,3 +98,22 @@ def test_missing_or_empty_log(tmp_path, capsys):
     assert "no metrics.jsonl" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text("")
     assert plot.main([str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/missing"], "RUN_DIR: no such directory: {tmp}/missing"),
+    (["{tmp}/file"], "RUN_DIR: {tmp}/file is a file, not a run directory"),
+    (["{tmp}/empty"], "RUN_DIR: no metrics.jsonl in {tmp}/empty"),
+    (["{tmp}/run", "--out", "{tmp}/file"], "--out: {tmp}/file is a file, not a directory"),
+    (["{tmp}/run", "--out", "{tmp}/file/plots"],
+     "--out: {tmp}/file/plots is inside {tmp}/file, which is a file, not a directory"),
+])
+def test_wrong_kind_of_path_is_one_line(args, message, tmp_path, capsys):
+    write_run(tmp_path / "run", training_records())
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert plot.main([a.format(tmp=tmp_path) for a in args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [f"error: {message.format(tmp=tmp_path)}"]
+    assert sorted(tmp_path.rglob("*")) == before
