@@ -49,3 +49,54 @@ def test_lagged_flags_arrive_one_step_late_and_flush_now():
     value += 5  # the queued copy is the value at push time
     assert flags.flush() == [2.0, 1.0]
     assert flags.flush() is None
+
+
+def _net_and_adam():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    return net, torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+
+
+def test_fp16_overflow_while_the_scale_settles_is_not_divergence():
+    """GradScaler's start: scaled gradients overflow, the step is skipped and the scale halves,
+    but the loss is finite: a healthy step, never counted toward train.nan_tolerance. (The
+    scaler's logic, run on the CPU; a start scale of 2^140 overflows fp32 as 2^16 does fp16.)"""
+    from gan_hr.training.trainer import apply_gradients
+
+    net, opt = _net_and_adam()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    x = torch.randn(8, 4) * 10
+    outcomes = []
+    for _ in range(20):
+        weight = net.weight.detach().clone()
+        applied, healthy, flags = apply_gradients(net(x).square().mean(), net, opt, scaler)
+        outcomes.append((bool(applied), bool(healthy)))
+        assert torch.equal(net.weight, weight) != bool(applied)  # a skipped step changes nothing
+        assert flags.numel() == 0
+    skipped = [o for o in outcomes if not o[0]]
+    assert 0 < len(skipped) < 20 and outcomes[-1] == (True, True)
+    assert all(healthy for _, healthy in outcomes)
+    assert scaler.get_scale() < 2.0**127
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_a_non_finite_loss_is_divergence_with_or_without_a_scaler(fp16):
+    from gan_hr.training.trainer import apply_gradients
+
+    net, opt = _net_and_adam()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=fp16)
+    loss = net(torch.randn(8, 4)).mean() * float("nan")
+    applied, healthy, _ = apply_gradients(loss, net, opt, scaler, flags=torch.ones(1))
+    assert not applied and not healthy
+
+
+def test_overflow_at_scale_one_is_divergence():
+    """With nothing left to halve, an overflow is no longer the scaler settling."""
+    from gan_hr.training.trainer import apply_gradients
+
+    net, opt = _net_and_adam()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    loss = torch.sqrt(net(torch.randn(8, 4)) * 0).mean()  # a finite loss (0) whose gradients are not
+    assert torch.isfinite(loss)
+    applied, healthy, _ = apply_gradients(loss, net, opt, scaler)
+    assert not applied and not healthy
