@@ -304,7 +304,7 @@ def _files(root: Path) -> list[tuple[str, float]]:
     (["--checkpoint", "{tmp}/missing"], "--checkpoint: no such directory: {tmp}/missing"),
     (["--checkpoint", "{tmp}/empty"], "--checkpoint: {tmp}/empty is empty"),
     (["--checkpoint", "{tmp}/other"], "--checkpoint: {tmp}/other holds no complete checkpoint"),
-    (["--checkpoint", "{tmp}/foreign"], "--checkpoint: {tmp}/foreign: not a gan_hr checkpoint (missing 'config')"),
+    (["--checkpoint", "{tmp}/foreign"], "--checkpoint: {tmp}/foreign: meta.json has no valid 'kind'"),
     (["--data", "{tmp}/missing"], "--data: no such directory: {tmp}/missing"),
     (["--data", "{tmp}/file"], "--data: {tmp}/file is a file, not a data_prep directory"),
     (["--data", "{tmp}/other"], "--data: no manifest.json in {tmp}/other (run python -m data_prep)"),
