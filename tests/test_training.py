@@ -94,7 +94,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, synthetic_data):
     data = (newest / "models.pt").read_bytes()
     (newest / "models.pt").write_bytes(data[:100])
     proc = train(run, synthetic_data, "train.max_steps=12", resume="auto")
-    assert "skipping checkpoint step-00000010" in proc.stderr
+    assert "warning: checkpoint step-00000010 is damaged (models.pt does not match its checksum)" in proc.stderr
     assert f"resuming from {older}" in proc.stdout
     assert [r["step"] for r in metrics(run)] == list(range(1, 13))
 
