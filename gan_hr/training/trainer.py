@@ -49,9 +49,6 @@ class TrainState:
     phase_index: int = 0
     # Batches this rank has taken from the current phase's data stream (its resume position).
     batches_in_phase: int = 0
-    # Loader workers of the current phase, resolved when its loader is first built: the data
-    # order depends on them, so a resume in this phase keeps them.
-    loader_workers: int | None = None
     nan_streak: int = 0
     nan_skipped: int = 0
     wandb_run_id: str | None = None
@@ -59,6 +56,15 @@ class TrainState:
     @property
     def kimg(self) -> float:
         return self.images_seen / 1000
+
+    @classmethod
+    def from_saved(cls, state: dict[str, Any]) -> TrainState:
+        """A checkpoint's state; keys that older versions wrote and that mean nothing now are dropped."""
+        return cls(**{k: v for k, v in state.items() if k not in RETIRED_STATE_KEYS})
+
+
+# The loader's worker count, stored until the data order stopped depending on it.
+RETIRED_STATE_KEYS = ("loader_workers",)
 
 
 def _crossed(before: int, after: int, interval_kimg: float) -> bool:
@@ -161,22 +167,8 @@ class Trainer:
         self.opt_D.load_state_dict(ckpt.optim["D"])
         self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
         self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
-        self.state = TrainState(**ckpt.meta["state"])
+        self.state = TrainState.from_saved(ckpt.meta["state"])
         self._res, self._alpha = int(ckpt.meta["resolution"]), float(ckpt.meta["alpha"])
-        # Keep the phase's worker count (even where `auto` would now give another) unless this run
-        # changed the process count or asked for another number; a new phase resolves afresh.
-        saved_world, saved_workers = ckpt.meta["world_size"], self.state.loader_workers
-        if saved_workers is None:  # written before counts were stored; never "auto" then
-            saved_workers = ckpt.meta["config"]["data"]["num_workers"]
-        setting = self.cfg.data.num_workers
-        keep = saved_world == self.world and setting in ("auto", saved_workers)
-        self.state.loader_workers = saved_workers if keep else None
-        phase = self.schedule.phase_at(self.state.images_seen)
-        workers = saved_workers if keep else loader_workers(setting, phase.resolution)
-        if saved_world != self.world or (phase.index == self.state.phase_index and not keep):
-            warnings.warn(f"{ckpt.path.name} was written by {saved_world} process(es) x {saved_workers} loader "
-                          f"worker(s), this run has {self.world} x {workers}: training continues, but the data "
-                          "order differs from an uninterrupted run", stacklevel=2)
         torch.set_rng_state(ckpt.rng["torch"])
         if self.device.type == "cuda" and "cuda" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
@@ -252,12 +244,9 @@ class Trainer:
             self._reset_optimizers()
         self.state.phase_index = phase.index
         self.state.batches_in_phase = 0
-        self.state.loader_workers = None
 
     def _loader(self, phase: Phase):
         per_rank = self.schedule.batch_size(phase.resolution) // self.world
-        if self.state.loader_workers is None:
-            self.state.loader_workers = loader_workers(self.cfg.data.num_workers, phase.resolution)
         return make_loader(
             self.data_root,
             phase.resolution,
@@ -265,7 +254,7 @@ class Trainer:
             seed=self.cfg.train.seed,
             rank=self.rank,
             world_size=self.world,
-            num_workers=self.state.loader_workers,
+            num_workers=loader_workers(self.cfg.data.num_workers, phase.resolution),
             start_batch=self.state.batches_in_phase,
             mirror=self.cfg.data.mirror,
             pin_memory=self.device.type == "cuda",
