@@ -159,9 +159,7 @@ def loader(dataset: IterableDataset, workers: int, seconds: float) -> dict:
 
 
 def stream_loader(shards, res: int, batch: int, workers: int, seconds: float) -> dict:
-    stream = ShardStream(
-        shards, batch_size=batch, resolution=res, seed=0, num_workers=workers, mirror=True
-    )
+    stream = ShardStream(shards, batch_size=batch, resolution=res, seed=0, mirror=True)
     return loader(stream, workers, seconds)
 
 

@@ -34,8 +34,9 @@ class DataConfig:
     synthetic_dir: str = "data/synthetic"
     # Random horizontal flips, as in the ProGAN/StyleGAN CelebA-HQ runs.
     mirror: bool = True
-    # Loader worker processes per training process (0 reads in the training process), or auto:
-    # per resolution, from the CPUs the process may use (gan_hr.data.loader_workers).
+    # Loader worker processes per training process (0 reads in the training process; else a
+    # divisor of 16), or auto: per resolution, from the CPUs the process may use
+    # (gan_hr.data.loader_workers). A speed setting only: the data order never depends on it.
     num_workers: int | str = "auto"
 
 
@@ -158,6 +159,9 @@ LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BACKENDS = ("wandb", "none")
 METRICS = ("swd", "fid", "kid")
+# Loader workers per process: 0, or a divisor of gan_hr.data.SLOTS_PER_RANK (16), so that the
+# data order never depends on them (config stays import-light: the number is repeated here).
+WORKER_COUNTS = (0, 1, 2, 4, 8, 16)
 
 
 # --------------------------------------------------------------------------- loading
@@ -330,8 +334,9 @@ def validate(cfg: Config) -> None:
     d, m, lo, s, t, tr = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train, cfg.tracking
 
     _check(d.synthetic_images > 0, "data.synthetic_images", "must be positive")
-    _check(d.num_workers == "auto" or isinstance(d.num_workers, int) and d.num_workers >= 0, "data.num_workers",
-           f"must be auto or a number of workers (0 or more), got {d.num_workers!r}")
+    _check(d.num_workers == "auto" or isinstance(d.num_workers, int) and d.num_workers in WORKER_COUNTS,
+           "data.num_workers", f"must be auto or one of {', '.join(map(str, WORKER_COUNTS))} (a divisor of the "
+           f"data stream's 16 slots per process), got {d.num_workers!r}")
 
     _one_of(m.name, MODEL_NAMES, "model.name")
     for key in ("latent_dim", "channel_base", "channel_max", "w_dim", "base_width"):

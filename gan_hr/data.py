@@ -1,8 +1,9 @@
 """Shard stream for one resolution: node/worker split, shuffling, decode, exact cheap resume.
 
-The stream is split into ``world_size * max(num_workers, 1)`` *slots*. Each slot owns an infinite,
-deterministic sample sequence; per epoch the slots' samples are disjoint and together cover the
-data set, and no slot is ever empty, so no rank or worker runs dry (no DDP hang on uneven shards).
+Each rank owns a fixed number of *slots* (``slots``, 16 by default), ``world_size * slots`` in
+all. Each slot owns an infinite, deterministic sample sequence; per epoch the slots' samples are
+disjoint and together cover the data set, and no slot is ever empty, so no rank or worker runs
+dry (no DDP hang on uneven shards).
 
 Epoch ``e`` of slot ``s`` out of ``S`` slots:
 
@@ -13,12 +14,15 @@ Epoch ``e`` of slot ``s`` out of ``S`` slots:
 * inside a shard, samples are visited in an order drawn from ``(seed, e, shard index)``, and the
   same generator decides each member's mirror flip.
 
-A worker cuts its slot's sequence into batches of ``batch_size`` consecutive samples, and the
-DataLoader takes batches from its workers round-robin, so a rank's batch ``b`` is batch ``b // W``
-of its logical slot ``b % W``. A stream built with ``start_batch=b0`` gives worker ``w`` logical
-slot ``(b0 + w) % W`` from its batch ``(b0 + w) // W``: the batches that follow are exactly those of
-the stream that never stopped. Skipping uses the manifest counts (whole epochs and shards are never
-read) and then the tar headers (skipped members are never decoded).
+A slot's sequence is cut into batches of ``batch_size`` consecutive samples, and a rank's batch
+``b`` is batch ``b // slots`` of its slot ``b % slots``: the order depends on (seed, rank, world
+size) alone, never on the loader's workers. Worker ``w`` of ``W`` makes the rank's batches
+``w, w + W, ...`` (slots ``w, w + W, ...``, each in turn), which is exactly the order in which the
+DataLoader takes batches from its workers, round-robin, whenever ``W`` divides ``slots``; with no
+workers one process makes them all. So ``data.num_workers`` is a speed setting only: a run may
+resume with another count and continue bit for bit. A stream built with ``start_batch=b0`` starts
+each worker at the rank's batch ``b0 + w``. Skipping uses the manifest counts (whole epochs and
+shards are never read) and then the tar headers (skipped members are never decoded).
 
 A corrupt member (undecodable, wrong size, missing) is skipped, logged and counted; its batch is
 filled with the next good samples after the batch's own positions. A batch's positions in its
@@ -31,12 +35,10 @@ import json
 import logging
 import mmap
 import os
-import queue
 import re
 import signal
-import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -71,6 +73,9 @@ _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 # Corrupt members: log the first few of each process in full, then every this-many-th.
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
+# Slots per rank: the most loader workers one training process can use (the `auto` policy asks
+# for 16 at 1024²); any count of workers that divides it keeps the order.
+SLOTS_PER_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -349,10 +354,10 @@ class ShardStream(IterableDataset):
 
     Yields ``{"image": uint8 [batch_size, 3, R, R], "key": list[str], "skipped": int}`` where
     ``skipped`` counts corrupt members met at this batch's positions. ``image`` is stored
-    channels_last (as decoders write it); `to_float` makes it contiguous. Use it with a DataLoader
-    with ``batch_size=None`` and exactly `num_workers` workers (see `make_loader`); after this rank
-    has taken `start_batch` batches from a stream with the same arguments, a new stream given that
-    `start_batch` continues it exactly.
+    channels_last (as decoders write it); `to_float` makes it contiguous. Use it in process or
+    with a DataLoader with ``batch_size=None`` and a number of workers that divides `slots` (see
+    `make_loader`); after this rank has taken `start_batch` batches from a stream with the same
+    arguments, a new stream given that `start_batch` continues it exactly, whatever the workers.
     """
 
     def __init__(
@@ -364,51 +369,53 @@ class ShardStream(IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        num_workers: int = 0,
         start_batch: int = 0,
         mirror: bool = False,
+        slots: int = SLOTS_PER_RANK,
     ):
         super().__init__()
         if not shards:
             raise ValueError("no shards")
         if any(s.count < 1 for s in shards):
             raise ValueError("every shard must hold at least one image")
-        if batch_size < 1 or resolution < 1 or num_workers < 0 or start_batch < 0:
-            raise ValueError("need batch_size, resolution >= 1 and num_workers, start_batch >= 0")
+        if batch_size < 1 or resolution < 1 or slots < 1 or start_batch < 0:
+            raise ValueError("need batch_size, resolution, slots >= 1 and start_batch >= 0")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self.workers = max(num_workers, 1)
-        self.num_slots = world_size * self.workers
         total = sum(s.count for s in shards)
-        if total < self.num_slots:
+        if total < world_size * slots:
             raise ValueError(
-                f"{total} images cannot feed {self.num_slots} readers (ranks x workers); "
-                "use fewer workers"
+                f"{total} images cannot feed {world_size * slots} slots ({slots} per rank)"
             )
         self.shards = list(shards)
         self.batch_size, self.resolution, self.seed = batch_size, resolution, seed
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.rank, self.world_size, self.slots = rank, world_size, slots
         self.start_batch, self.mirror = start_batch, mirror
         self.total_images = total
 
-    def _worker(self) -> int:
-        info = get_worker_info()
-        workers = info.num_workers if info is not None else 1
-        if workers != self.workers:
-            raise RuntimeError(
-                f"ShardStream built for num_workers={self.num_workers} runs in a loader with "
-                f"{0 if info is None else workers} workers; the resume order needs them equal"
-            )
-        return 0 if info is None else info.id
-
     def __iter__(self) -> Iterator[dict]:
-        worker = self._worker()
-        logical = (self.start_batch + worker) % self.workers
-        first_batch = (self.start_batch + worker) // self.workers
-        sequence = _SlotSequence(
-            self.shards, self.seed, self.rank * self.workers + logical, self.num_slots
-        )
-        return self._batches(sequence.items(first_batch * self.batch_size))
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if self.slots % workers:
+            raise ValueError(
+                f"{workers} loader workers cannot share {self.slots} slots in order; "
+                f"use a number of workers that divides {self.slots}"
+            )
+        return self._interleaved(worker, workers)
+
+    def _interleaved(self, worker: int, workers: int) -> Iterator[dict]:
+        """This worker's batches of the rank's sequence: b0 + worker, then every workers-th."""
+        per_slot: dict[int, Iterator[dict]] = {}
+        batch = self.start_batch + worker
+        while True:
+            slot = batch % self.slots
+            if slot not in per_slot:
+                sequence = _SlotSequence(
+                    self.shards, self.seed, self.rank * self.slots + slot, self.world_size * self.slots
+                )
+                per_slot[slot] = self._batches(sequence.items(batch // self.slots * self.batch_size))
+            yield next(per_slot[slot])
+            batch += workers
 
     def _samples(self, items: Iterator[_RawItem]) -> Iterator[_Sample]:
         report = _CorruptLog()
@@ -458,12 +465,12 @@ def make_loader(
     mirror: bool = False,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
-) -> Iterable[dict]:
+) -> DataLoader:
     """A DataLoader over one resolution of the data set at `root` (see `data_url`) for one rank.
 
     Build a new one per resolution phase; nothing is shared between loaders. Do not pass it to
-    ``accelerator.prepare``: the rank split is already done here. With workers and without
-    `pin_memory`, it is wrapped so that a thread receives the batches (see `_Receiver`).
+    ``accelerator.prepare``: the rank split is already done here. `num_workers` must divide
+    `SLOTS_PER_RANK` (0 decodes in this process); it changes speed, never the batches.
     """
     shards = resolution_shards(load_manifest(root), root, resolution)
     stream = ShardStream(
@@ -473,11 +480,10 @@ def make_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
-        num_workers=num_workers,
         start_batch=start_batch,
         mirror=mirror,
     )
-    loader = DataLoader(
+    return DataLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,
@@ -485,71 +491,6 @@ def make_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=_ignore_stop_signals,
     )
-    return _ReceivedLoader(loader) if num_workers > 0 and not pin_memory else loader
-
-
-class _ReceivedLoader:
-    """A multi-worker DataLoader whose iterators receive batches in a thread (`_Receiver`)."""
-
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[dict]:
-        return _Receiver(iter(self.loader))
-
-
-class _Receiver:
-    """Takes batches from a DataLoader iterator in a background thread, a couple ahead.
-
-    Receiving a batch from a worker costs the training process ~0.5 ms (unpickling, and fetching
-    the shared memory's file descriptor back from the worker, which must be scheduled to answer).
-    On CUDA the DataLoader's pin-memory thread does this off the main thread; on the CPU nothing
-    did: 4% of a 4² demo step went to waiting for data, 0.4% with this thread. The order is the
-    loader's; batches received but never taken are dropped with the iterator, as the loader's own
-    prefetched ones are (a resume counts only batches taken).
-    """
-
-    def __init__(self, batches: Iterator[dict], depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        # The thread holds the DataLoader iterator, never `self`: dropping this object stops it,
-        # and the workers shut down when the thread lets the iterator go.
-        self._thread = threading.Thread(
-            target=_receive, args=(batches, self._queue, self._stop), daemon=True
-        )
-        self._thread.start()
-
-    def __iter__(self) -> _Receiver:
-        return self
-
-    def __next__(self) -> dict:
-        if self._error is None:
-            item = self._queue.get()
-            if not isinstance(item, BaseException):
-                return item
-            self._error = item  # the thread has ended: every later call raises it too
-        raise self._error
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # make room for a put it may be blocked in
-            try:
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _receive(batches: Iterator[dict], out: queue.Queue, stop: threading.Event) -> None:
-    try:
-        while not stop.is_set():
-            out.put(next(batches))
-    except BaseException as err:  # a worker's error, or StopIteration, goes to the consumer
-        out.put(err)
 
 
 def loader_workers(setting: int | str, resolution: int, *, cpus: int | None = None) -> int:
@@ -558,21 +499,20 @@ def loader_workers(setting: int | str, resolution: int, *, cpus: int | None = No
     `setting` is ``data.num_workers``: a number is used as given; ``"auto"`` takes the CPUs this
     process may use (`cpus`; default its CPU affinity divided by ``LOCAL_WORLD_SIZE``, the
     training processes sharing the node), keeps one of them for the training process itself,
-    and caps the rest at ``max(2, resolution // 64)``: 2 up to 128², 4 at 256², 16 at 1024².
-    Decoding time per image grows with its pixels (one core: ~8k PNGs/s at 64², ~1.6k at 256²,
-    100-250 at 1024²; a worker delivers ~0.6 of that), so the workers a device needs grow with
-    the resolution; at the small ones two are ample, and more would only cost start-up time and
-    memory in every phase. At least one worker.
-
-    The data order depends on the count (see the module docstring), so a run resolves it once
-    per phase and keeps it when it resumes in that phase.
+    caps the rest at ``max(2, resolution // 64)``: 2 up to 128², 4 at 256², 16 at 1024², and
+    rounds down to a power of two (a divisor of `SLOTS_PER_RANK`). Decoding time per image grows
+    with its pixels (one core: ~8k PNGs/s at 64², ~1.6k at 256², 100-250 at 1024²; a worker
+    delivers ~0.6 of that), so the workers a device needs grow with the resolution; at the small
+    ones two are ample, and more would only cost start-up time and memory in every phase. At
+    least one worker. The count never changes the data, only how fast it comes.
     """
     if setting != "auto":
         return int(setting)
     if cpus is None:
         node = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         cpus = (node or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    return max(1, min(cpus - 1, max(2, resolution // 64)))
+    wanted = max(1, min(cpus - 1, max(2, resolution // 64), SLOTS_PER_RANK))
+    return 1 << (wanted.bit_length() - 1)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -217,7 +217,7 @@ class Evaluator:
         # One image per stream batch: start_batch then skips exactly rank * share images
         # (by tar headers, without decoding them).
         stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=self.seed,
-                             start_batch=self.rank * self.share)
+                             start_batch=self.rank * self.share, slots=1)
         samples = iter(stream)
         for size in _chunks(self.share, self.batch_size):
             yield torch.cat([next(samples)["image"] for _ in range(size)]).contiguous()

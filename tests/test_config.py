@@ -35,7 +35,7 @@ def test_overrides_are_coerced(repo_root):
     assert cfg.train.ema_rampup == 0.05
 
 
-@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("0", 0), ("3", 3)])
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("0", 0), ("4", 4)])
 def test_num_workers_is_auto_or_a_count(repo_root, value, expected):
     cfg = load_config(repo_root / "configs/demo.yaml", [f"data.num_workers={value}"])
     assert cfg.data.num_workers == expected
@@ -64,8 +64,12 @@ def test_parse_override_requires_equals():
     ("train.metrics=[swd,is]", "train.metrics[1]", "must be one of"),
     ("data.path=/no/such/dir", "data.path", "no such directory"),
     ("tracking.backend=tensorboard", "tracking.backend", "must be one of"),
-    ("data.num_workers=-1", "data.num_workers", "must be auto or a number of workers (0 or more), got -1"),
-    ("data.num_workers=many", "data.num_workers", "must be auto or a number of workers (0 or more), got 'many'"),
+    ("data.num_workers=-1", "data.num_workers", "must be auto or one of 0, 1, 2, 4, 8, 16 (a divisor of the data "
+                                                "stream's 16 slots per process), got -1"),
+    ("data.num_workers=3", "data.num_workers", "must be auto or one of 0, 1, 2, 4, 8, 16 (a divisor of the data "
+                                               "stream's 16 slots per process), got 3"),
+    ("data.num_workers=many", "data.num_workers", "must be auto or one of 0, 1, 2, 4, 8, 16 (a divisor of the "
+                                                  "data stream's 16 slots per process), got 'many'"),
 ])
 def test_bad_values_name_the_key(repo_root, override, key, fragment):
     with pytest.raises(ConfigError) as err:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from gan_hr.training.lagged import LaggedFlags
+from gan_hr.training.guard import LaggedFlags
 from gan_hr.training.precision import cpu_has_bf16, resolve_precision
 from train_helpers import train
 
@@ -61,7 +61,7 @@ def test_fp16_overflow_while_the_scale_settles_is_not_divergence():
     """GradScaler's start: scaled gradients overflow, the step is skipped and the scale halves,
     but the loss is finite: a healthy step, never counted toward train.nan_tolerance. (The
     scaler's logic, run on the CPU; a start scale of 2^140 overflows fp32 as 2^16 does fp16.)"""
-    from gan_hr.training.trainer import apply_gradients
+    from gan_hr.training.guard import apply_gradients
 
     net, opt = _net_and_adam()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
@@ -81,7 +81,7 @@ def test_fp16_overflow_while_the_scale_settles_is_not_divergence():
 
 @pytest.mark.parametrize("fp16", [True, False])
 def test_a_non_finite_loss_is_divergence_with_or_without_a_scaler(fp16):
-    from gan_hr.training.trainer import apply_gradients
+    from gan_hr.training.guard import apply_gradients
 
     net, opt = _net_and_adam()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=fp16)
@@ -92,7 +92,7 @@ def test_a_non_finite_loss_is_divergence_with_or_without_a_scaler(fp16):
 
 def test_overflow_at_scale_one_is_divergence():
     """With nothing left to halve, an overflow is no longer the scaler settling."""
-    from gan_hr.training.trainer import apply_gradients
+    from gan_hr.training.guard import apply_gradients
 
     net, opt = _net_and_adam()
     scaler = torch.amp.GradScaler("cpu", init_scale=1.0)

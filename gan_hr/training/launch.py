@@ -190,6 +190,9 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
         if created and acc.is_main_process:
             shutil.rmtree(run.root, ignore_errors=True)
         raise
+    if ckpt and ckpt.ckpt.meta["world_size"] != acc.num_processes and acc.is_main_process:
+        warn(f"{ckpt.ckpt.path.name} was written by {ckpt.ckpt.meta['world_size']} process(es), this run has "
+             f"{acc.num_processes}: training continues, but the data order differs from an uninterrupted run")
     record = [start_run_dir(run, cfg, ckpt, init) if acc.is_main_process else None]
     if acc.num_processes > 1:
         broadcast_object_list(record)

@@ -106,9 +106,9 @@ def model_shapes(cfg: Config) -> dict[str, dict[str, torch.Size]]:
 
 
 def _check_state(ckpt: Checkpoint) -> None:
-    from gan_hr.training.trainer import TrainState
+    from gan_hr.training.trainer import RETIRED_STATE_KEYS, TrainState
 
-    fields = {f.name for f in dataclasses.fields(TrainState)}
+    fields = {f.name for f in dataclasses.fields(TrainState)} | set(RETIRED_STATE_KEYS)
     state = ckpt.meta["state"]
     unknown = set(state) - fields
     if unknown or not all(isinstance(state.get(k), int) for k in ("step", "images_seen", "phase_index")):

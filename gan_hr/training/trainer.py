@@ -30,10 +30,9 @@ from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
-from gan_hr.training.grad_sync import average_buffers, average_gradients
-from gan_hr.training.lagged import LaggedFlags
+from gan_hr.training.grad_sync import average_buffers
+from gan_hr.training.guard import StopGuard, apply_gradients
 from gan_hr.training.run_dir import MetricsLog, RunDir
-from gan_hr.training.signals import StopRequest
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
 
 
@@ -50,9 +49,6 @@ class TrainState:
     phase_index: int = 0
     # Batches this rank has taken from the current phase's data stream (its resume position).
     batches_in_phase: int = 0
-    # Loader workers of the current phase, resolved when its loader is first built: the data
-    # order depends on them, so a resume in this phase keeps them.
-    loader_workers: int | None = None
     nan_streak: int = 0
     nan_skipped: int = 0
     wandb_run_id: str | None = None
@@ -60,6 +56,15 @@ class TrainState:
     @property
     def kimg(self) -> float:
         return self.images_seen / 1000
+
+    @classmethod
+    def from_saved(cls, state: dict[str, Any]) -> TrainState:
+        """A checkpoint's state; keys that older versions wrote and that mean nothing now are dropped."""
+        return cls(**{k: v for k, v in state.items() if k not in RETIRED_STATE_KEYS})
+
+
+# The loader's worker count, stored until the data order stopped depending on it.
+RETIRED_STATE_KEYS = ("loader_workers",)
 
 
 def _crossed(before: int, after: int, interval_kimg: float) -> bool:
@@ -127,18 +132,16 @@ class Trainer:
             if init is not None:
                 self._warm_start(init, init_optimizers)
             torch.manual_seed(cfg.train.seed * 1000 + self.rank + 1)
-        self.stop = StopRequest()
+        t = cfg.train
+        self.guard = StopGuard(self.device, nan_tolerance=t.nan_tolerance, max_steps=t.max_steps,
+                               total_images=round(t.total_kimg * 1000), nan_streak=self.state.nan_streak,
+                               nan_skipped=self.state.nan_skipped)
         self._totals: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._data_wait = 0.0
         self._corrupt = 0
-        self._stop_agreed = False
-        # Device-side copies of the NaN guard's counters; the host reads them a step late.
-        self._flags = LaggedFlags(self.device)
-        self._nan_streak = torch.full((1,), float(self.state.nan_streak), device=self.device)
-        self._nan_skipped = torch.full((1,), float(self.state.nan_skipped), device=self.device)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -164,22 +167,8 @@ class Trainer:
         self.opt_D.load_state_dict(ckpt.optim["D"])
         self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
         self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
-        self.state = TrainState(**ckpt.meta["state"])
+        self.state = TrainState.from_saved(ckpt.meta["state"])
         self._res, self._alpha = int(ckpt.meta["resolution"]), float(ckpt.meta["alpha"])
-        # Keep the phase's worker count (even where `auto` would now give another) unless this run
-        # changed the process count or asked for another number; a new phase resolves afresh.
-        saved_world, saved_workers = ckpt.meta["world_size"], self.state.loader_workers
-        if saved_workers is None:  # written before counts were stored; never "auto" then
-            saved_workers = ckpt.meta["config"]["data"]["num_workers"]
-        setting = self.cfg.data.num_workers
-        keep = saved_world == self.world and setting in ("auto", saved_workers)
-        self.state.loader_workers = saved_workers if keep else None
-        phase = self.schedule.phase_at(self.state.images_seen)
-        workers = saved_workers if keep else loader_workers(setting, phase.resolution)
-        if saved_world != self.world or (phase.index == self.state.phase_index and not keep):
-            warnings.warn(f"{ckpt.path.name} was written by {saved_world} process(es) x {saved_workers} loader "
-                          f"worker(s), this run has {self.world} x {workers}: training continues, but the data "
-                          "order differs from an uninterrupted run", stacklevel=2)
         torch.set_rng_state(ckpt.rng["torch"])
         if self.device.type == "cuda" and "cuda" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
@@ -200,8 +189,7 @@ class Trainer:
     def train(self) -> TrainState:
         """Train until max_steps, total_kimg, a stop signal or divergence; always checkpoints."""
         t = self.cfg.train
-        total_images = round(t.total_kimg * 1000)
-        bar = self._progress_bar(total_images)
+        bar = self._progress_bar(self.guard.total_images)
         batches: Iterator[dict[str, Any]] | None = None
         loader = None
         reason = None
@@ -223,8 +211,7 @@ class Trainer:
                 self.train_step(phase, self._next_batch(batches))
                 bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
 
-                stop_signal = self._stop_agreed
-                reason = self._stop_reason(stop_signal, total_images)
+                reason = self.guard.why_stop(self.state.step, self.state.images_seen)
                 phase_done = self.schedule.phase_at(self.state.images_seen).index != phase.index
                 if self.state.step % t.log_every_steps == 0 or phase_done or reason:
                     self._log_window(phase, bar)
@@ -240,28 +227,16 @@ class Trainer:
                     break
         finally:
             bar.close()
-            self.stop.restore()
+            self.guard.close()
             del batches, loader
         if reason == "diverged":
             raise TrainingDiverged(
-                f"{self.state.nan_streak} non-finite steps in a row at step {self.state.step}; "
+                f"{self.guard.nan_streak} non-finite steps in a row at step {self.state.step}; "
                 f"the last good state is in {self.run_dir.checkpoints}")
         if self.acc.is_main_process:
             tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg; "
                        f"samples in {self.run_dir.samples}")
         return self.state
-
-    def _stop_reason(self, stop_signal: bool, total_images: int) -> str | None:
-        t = self.cfg.train
-        if self.state.nan_streak >= t.nan_tolerance:
-            return "diverged"
-        if stop_signal:
-            return f"signal {self.stop.signal_name or 'on another rank'}"
-        if t.max_steps is not None and self.state.step >= t.max_steps:
-            return "max_steps"
-        if self.state.images_seen >= total_images:
-            return "total_kimg"
-        return None
 
     def _enter_phase(self, phase: Phase) -> None:
         """A new resolution starts: the official ProGAN resets Adam's moments here."""
@@ -269,12 +244,9 @@ class Trainer:
             self._reset_optimizers()
         self.state.phase_index = phase.index
         self.state.batches_in_phase = 0
-        self.state.loader_workers = None
 
     def _loader(self, phase: Phase):
         per_rank = self.schedule.batch_size(phase.resolution) // self.world
-        if self.state.loader_workers is None:
-            self.state.loader_workers = loader_workers(self.cfg.data.num_workers, phase.resolution)
         return make_loader(
             self.data_root,
             phase.resolution,
@@ -282,7 +254,7 @@ class Trainer:
             seed=self.cfg.train.seed,
             rank=self.rank,
             world_size=self.world,
-            num_workers=self.state.loader_workers,
+            num_workers=loader_workers(self.cfg.data.num_workers, phase.resolution),
             start_batch=self.state.batches_in_phase,
             mirror=self.cfg.data.mirror,
             pin_memory=self.device.type == "cuda",
@@ -336,21 +308,17 @@ class Trainer:
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with self.acc.autocast():
             loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
-        stop_flag = torch.full((1,), float(self.stop.requested), device=self.device)
-        g_ok, g_healthy, stop_avg = apply_gradients(loss_g, self.G, self.opt_G, self.scaler_G, flags=stop_flag)
+        g_ok, g_healthy, stop_avg = apply_gradients(loss_g, self.G, self.opt_G, self.scaler_G,
+                                                    flags=self.guard.stop_flag())
         average_buffers(self.G)
         average_buffers(self.D)
 
         # Everything below stays on the device: a skipped step leaves G_ema as it was (beta 1),
-        # and the host learns of it, and of a stop request, one step later. Only unhealthy steps
-        # (not fp16 overflows while the loss scale settles) count toward divergence.
+        # and the guard hears of it, and of a stop request, one step later.
         ok = d_ok & g_ok
-        healthy = d_healthy & g_healthy
         beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
         update_ema(self.G_ema, self.G, torch.where(ok, beta, 1.0))
-        self._nan_streak = (self._nan_streak + 1) * ~healthy
-        self._nan_skipped += ~healthy
-        self._take_flags(self._flags.push(torch.cat([self._nan_streak, self._nan_skipped, stop_avg.float()])))
+        self.guard.record(d_healthy & g_healthy, stop_avg)
 
         self.state.step += 1
         self.state.images_seen += global_batch
@@ -358,13 +326,6 @@ class Trainer:
         self._accumulate({**stats_d, **stats_g})
         self._window_steps += 1
         self._window_images += global_batch
-
-    def _take_flags(self, values: list[float] | None) -> None:
-        """Host bookkeeping from a step's device flags: [nan streak, skipped total, stop request]."""
-        if values is not None:
-            streak, skipped, stop = values
-            self.state.nan_streak, self.state.nan_skipped = int(streak), int(skipped)
-            self._stop_agreed = stop > 0
 
     # ------------------------------------------------------------------ logging, samples, checkpoints
 
@@ -375,7 +336,7 @@ class Trainer:
 
     def _log_window(self, phase: Phase, bar: tqdm) -> None:
         """Reduce the window's statistics across ranks once, then log on the main process."""
-        self._take_flags(self._flags.flush())  # logging waits for the device anyway
+        self.guard.sync()  # logging waits for the device anyway
         keys = sorted(self._totals)
         local = torch.stack([self._totals[k] / self._window_steps for k in keys]
                             + [torch.tensor(float(self._corrupt), device=self.device)])
@@ -397,7 +358,7 @@ class Trainer:
             "sec_per_kimg": elapsed / (self._window_images / 1000),
             "data_wait_frac": self._data_wait / elapsed,
             "peak_mem_mb": self._peak_memory_mb(),
-            "nan_skipped": self.state.nan_skipped,
+            "nan_skipped": self.guard.nan_skipped,
             "corrupt_skipped": int(values[-1]),
         })
         if self.acc.is_main_process:
@@ -446,7 +407,8 @@ class Trainer:
             self.acc.get_tracker("wandb").log_images({"samples": [grid]}, step=self.state.step)
 
     def _checkpoint(self, kind: str) -> None:
-        self._take_flags(self._flags.flush())  # the saved counters are this step's
+        self.guard.sync()  # the saved counters are this step's
+        self.state.nan_streak, self.state.nan_skipped = self.guard.nan_streak, self.guard.nan_skipped
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -507,31 +469,3 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the state dict, so saving never races the next step."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
-
-def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward, average gradients (and `flags`) across ranks, and step unless they are not finite.
-
-    Returns 0-dim bool device tensors, the same on every rank: whether the step was applied, and
-    whether it was healthy; and the averaged flags. A skipped step is healthy when GradScaler
-    explains it: under fp16 the scaled gradients overflow while the scaler is still finding its
-    scale, with a finite loss on every rank and a scale above 1 left to shrink. Anything else
-    non-finite (a NaN or inf loss, overflow at scale 1, any in fp32/bf16) is not."""
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    sent = loss_bad if flags is None else torch.cat([flags.reshape(-1), loss_bad])
-    flags_avg, finite = average_gradients(net, sent)
-    if scaler.is_enabled():
-        # The scale as a device tensor, read before update() halves it: get_scale() would sync.
-        settling = (flags_avg[-1] == 0) & (scaler._get_scale_async() > 1)
-        scaler.step(opt)  # with a fused optimizer it skips an overflow on the device
-        scaler.update()
-        healthy = finite | settling
-    else:
-        # The fused optimizer's own skip, as GradScaler drives it: no host sync.
-        opt.found_inf = (~finite).float()
-        opt.step()
-        del opt.found_inf
-        healthy = finite
-    return finite, healthy, flags_avg[:-1]
