@@ -40,7 +40,6 @@ from gan_hr.metrics import (
     inception_metrics,
     resolve_inception_weights,
     stats_cache_key,
-    to_uint8,
 )
 from gan_hr.metrics.swd import (
     MIN_RESOLUTION as SWD_MIN_RESOLUTION,
@@ -48,7 +47,7 @@ from gan_hr.metrics.swd import (
     swd_descriptors,
     swd_from_descriptors,
 )
-from gan_hr.sampling import latents_from_seeds
+from gan_hr.sampling import latents_from_seeds, to_uint8
 
 __all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "evaluate_generator"]
 

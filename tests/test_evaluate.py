@@ -22,12 +22,12 @@ from gan_hr.config import Config, ModelConfig
 from gan_hr.data import ShardStream, load_manifest, resolution_shards
 from gan_hr.evaluation import Evaluator, evaluate_generator
 from gan_hr.inference import load_generator
-from gan_hr.metrics import compute_swd, to_uint8
+from gan_hr.metrics import compute_swd
 from gan_hr.metrics.fid import INCEPTION_WEIGHTS_ENV
 from gan_hr.path_args import PathArgError, saved_data_root
 from gan_hr.models import build_generator
 from gan_hr.plots import resolution_spans
-from gan_hr.sampling import latents_from_seeds
+from gan_hr.sampling import latents_from_seeds, to_uint8
 from gan_hr.training.run_dir import read_metrics
 
 sys.path.insert(0, str(ROOT / "pipelines"))

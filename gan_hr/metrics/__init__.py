@@ -20,7 +20,7 @@ from gan_hr.metrics.fid import (
     resolve_inception_weights,
     stats_cache_key,
 )
-from gan_hr.metrics.swd import compute_swd, to_uint8
+from gan_hr.metrics.swd import compute_swd
 
 MetricFn = Callable[..., dict[str, float]]
 
@@ -57,5 +57,4 @@ __all__ = [
     "real_statistics",
     "resolve_inception_weights",
     "stats_cache_key",
-    "to_uint8",
 ]

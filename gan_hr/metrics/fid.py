@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gan_hr.metrics.swd import to_uint8
+from gan_hr.sampling import to_uint8
 
 INCEPTION_WEIGHTS_ENV = "GAN_HR_INCEPTION_WEIGHTS"
 # The file torch-fidelity 0.4 fetches (URL_INCEPTION_V3 in feature_extractor_inceptionv3.py).

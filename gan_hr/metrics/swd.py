@@ -31,21 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gan_hr.sampling import to_uint8
+
 PATCH_SIZE = 7
 MIN_RESOLUTION = 16
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Return uint8 [N, 3, H, W]: uint8 passes through, float in [-1, 1] is rounded and clipped."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise ValueError(f"expected uint8 or float images, got {images.dtype}")
-    return ((images.float() + 1.0) * 127.5).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def _blur(x: Tensor, gain: float) -> Tensor:
