@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gan_hr.resolutions import is_power_of_two, resolutions_between
 from gan_hr.sampling import to_uint8
 
 PATCH_SIZE = 7
@@ -73,14 +74,11 @@ def laplacian_pyramid(images: Tensor) -> list[Tensor]:
 def level_resolutions(resolution: int) -> list[int]:
     """Resolutions of the pyramid levels for square images of ``resolution`` (finest first)."""
     _check_resolution(resolution)
-    out = [resolution]
-    while out[-1] > MIN_RESOLUTION:
-        out.append(out[-1] // 2)
-    return out
+    return resolutions_between(MIN_RESOLUTION, resolution)[::-1]
 
 
 def _check_resolution(resolution: int) -> None:
-    if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
+    if resolution < MIN_RESOLUTION or not is_power_of_two(resolution):
         raise ValueError(f"SWD needs square power-of-two images of at least {MIN_RESOLUTION}, got {resolution}")
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_hr.nn.equalized import EqualConv2d
+from gan_hr.resolutions import is_power_of_two
 
 LRELU_SLOPE = 0.2
 
@@ -138,7 +139,7 @@ def check_resolution(resolution: int, max_res: int, min_res: int = 4) -> int:
         res = operator.index(resolution)
     except TypeError:
         res = 0
-    if not (min_res <= res <= max_res and res & (res - 1) == 0):
+    if not (min_res <= res <= max_res and is_power_of_two(res)):
         raise ValueError(f"resolution must be a power of two in [{min_res}, {max_res}], got {resolution!r}")
     return res
 
