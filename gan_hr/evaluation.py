@@ -41,6 +41,7 @@ from gan_hr.metrics import (
     resolve_inception_weights,
     stats_cache_key,
 )
+from gan_hr.metrics.fid import no_gather
 from gan_hr.metrics.swd import (
     MIN_RESOLUTION as SWD_MIN_RESOLUTION,
     level_resolutions,
@@ -53,10 +54,6 @@ __all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "evaluate_gen
 
 Gather = Callable[[Tensor], Tensor]
 SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
 
 
 def default_cache_dir(data_root: str) -> Path:
@@ -117,7 +114,7 @@ class Evaluator:
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.gather = gather or _identity
+        self.gather = gather or no_gather
         self.progress = progress
         # Equal shares, so that gathers see the same shape on every rank; the surplus is cut.
         self.share = math.ceil(num_images / world_size)
