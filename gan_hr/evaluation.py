@@ -50,7 +50,7 @@ from gan_hr.metrics.swd import (
 )
 from gan_hr.sampling import latents_from_seeds, to_uint8
 
-__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "evaluate_generator"]
+__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir"]
 
 Gather = Callable[[Tensor], Tensor]
 SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
@@ -244,24 +244,6 @@ class Evaluator:
             return path
         flags = self.gather(torch.tensor([float(path.is_file())], device=self.device))
         return path if flags.min() == flags.max() else None
-
-
-def evaluate_generator(
-    G: nn.Module,
-    resolution: int,
-    alpha: float,
-    data_root: str,
-    metrics: Sequence[str],
-    *,
-    num_images: int,
-    truncation_psi: float = 1.0,
-    truncation_cutoff: int | None = None,
-    **options,
-) -> dict[str, float]:
-    """One evaluation of ``G`` (see `Evaluator` for ``options``); for a `TrainedGenerator` t:
-    ``evaluate_generator(t.generator, t.resolution, t.alpha, data_root, ["swd"], num_images=...)``."""
-    evaluator = Evaluator(data_root, metrics, num_images=num_images, **options)
-    return evaluator(G, resolution, alpha, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
 # --------------------------------------------------------------------------- helpers

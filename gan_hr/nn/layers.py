@@ -31,17 +31,6 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
-class PixelNorm(nn.Module):
-    """Module form of `pixel_norm`, normalising over dim 1 (features)."""
-
-    def __init__(self, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixel_norm(x, self.eps)
-
-
 def _group_size(batch: int, group_size: int) -> int:
     # The largest divisor of the batch that is <= group_size, so any batch works (a last,
     # uneven batch or a per-process batch of 6 with group_size 4 -> groups of 3).
