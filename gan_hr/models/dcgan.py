@@ -9,10 +9,11 @@ Widths: the feature maps at resolution r have `dcgan_channels(r, max_res, base_w
 4, 8, 16, 32; larger outputs add blocks at the top (4² and 8² stay capped at 8 W) so the
 layer just below the image always has W channels.
 
-Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: the trainer turns it into
-SyncBatchNorm with `torch.nn.SyncBatchNorm.convert_sync_batchnorm` when `model.sync_batchnorm`
-asks for it, so no helper is needed. The batch-norm buffers (running statistics) are part of the
-model state: an EMA copy of G and checkpoints must carry buffers as well as parameters.
+Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: when `model.sync_batchnorm`
+asks for it, the trainer swaps each one for `gan_hr.training.sync_batchnorm.SyncBatchNorm2d`
+(`convert_sync_batchnorm` there; unlike torch's SyncBatchNorm it also runs on CPU with gloo), so
+no helper is needed. The batch-norm buffers (running statistics) are part of the model state: an
+EMA copy of G and checkpoints must carry buffers as well as parameters.
 """
 
 from __future__ import annotations
