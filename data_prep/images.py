@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data_prep.files import DEFAULT_MAX_FILE_MB, MB
+from gan_hr.resolutions import resolutions_between
 
 # Pillow's own default (about 89 Mpixels, e.g. 9459x9459): far above CelebA-HQ's 1 Mpixel and
 # most photos, and small enough that a few workers decoding at once stay within memory.
@@ -54,11 +55,7 @@ class ImageSpec:
     @property
     def resolutions(self) -> list[int]:
         """min_res, 2*min_res, ..., max_res."""
-        out, r = [], self.min_res
-        while r <= self.max_res:
-            out.append(r)
-            r *= 2
-        return out
+        return resolutions_between(self.min_res, self.max_res)
 
     @property
     def extension(self) -> str:

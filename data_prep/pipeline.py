@@ -44,6 +44,7 @@ from data_prep.sources import (
     read_bytes,
 )
 from data_prep.synthetic import render_synthetic
+from gan_hr.resolutions import is_power_of_two
 
 # Bump when a change here changes the output bytes, so older prepared folders are not reused.
 PREP_VERSION = 1
@@ -188,10 +189,7 @@ def _resume_point(out: Path, params: dict) -> tuple[list[dict], list[dict]]:
 def _check_args(max_res: int, min_res: int, shard_size: int, image_format: str,
                 jpeg_quality: int, max_pixels: int, max_file_mb: int,
                 workers: int | None) -> None:
-    def power_of_two(n: int) -> bool:
-        return n >= 1 and n & (n - 1) == 0
-
-    if not power_of_two(max_res) or not power_of_two(min_res) or min_res > max_res:
+    if not is_power_of_two(max_res) or not is_power_of_two(min_res) or min_res > max_res:
         raise PrepError(f"--max-res {max_res} / --min-res {min_res}: need powers of two "
                         "with min-res <= max-res")
     if shard_size < 1:

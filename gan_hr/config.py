@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from gan_hr.resolutions import is_power_of_two
+
 
 class ConfigError(ValueError):
     """A config problem, reported as one line naming the key."""
@@ -310,10 +312,6 @@ def _coerce_key(value: Any, hint: Any, key: str) -> Any:
 # --------------------------------------------------------------------------- validation
 
 
-def _is_pow2(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -357,7 +355,7 @@ def validate(cfg: Config) -> None:
 
     for key in ("start_res", "max_res"):
         res = getattr(s, key)
-        _check(_is_pow2(res) and res >= 4, f"schedule.{key}", f"must be a power of two >= 4, got {res}")
+        _check(is_power_of_two(res) and res >= 4, f"schedule.{key}", f"must be a power of two >= 4, got {res}")
     _check(s.start_res <= s.max_res, "schedule.start_res", f"must not exceed schedule.max_res ({s.max_res})")
     if m.name == "dcgan":
         _check(s.start_res == s.max_res, "schedule.start_res", "must equal schedule.max_res for dcgan (no growing)")
@@ -367,10 +365,10 @@ def validate(cfg: Config) -> None:
     _check(s.batch_size > 0, "schedule.batch_size", "must be positive")
     _check(s.lr > 0, "schedule.lr", "must be positive")
     for res, batch in s.batch_by_res.items():
-        _check(_is_pow2(res), f"schedule.batch_by_res.{res}", "resolution must be a power of two")
+        _check(is_power_of_two(res), f"schedule.batch_by_res.{res}", "resolution must be a power of two")
         _check(batch > 0, f"schedule.batch_by_res.{res}", "must be positive")
     for res, lr in s.lr_by_res.items():
-        _check(_is_pow2(res), f"schedule.lr_by_res.{res}", "resolution must be a power of two")
+        _check(is_power_of_two(res), f"schedule.lr_by_res.{res}", "resolution must be a power of two")
         _check(lr > 0, f"schedule.lr_by_res.{res}", "must be positive")
 
     _check(t.total_kimg > 0, "train.total_kimg", "must be positive")

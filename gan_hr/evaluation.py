@@ -40,24 +40,20 @@ from gan_hr.metrics import (
     inception_metrics,
     resolve_inception_weights,
     stats_cache_key,
-    to_uint8,
 )
+from gan_hr.metrics.fid import no_gather
 from gan_hr.metrics.swd import (
     MIN_RESOLUTION as SWD_MIN_RESOLUTION,
     level_resolutions,
     swd_descriptors,
     swd_from_descriptors,
 )
-from gan_hr.sampling import latents_from_seeds
+from gan_hr.sampling import latents_from_seeds, to_uint8
 
-__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "evaluate_generator"]
+__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir"]
 
 Gather = Callable[[Tensor], Tensor]
 SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
 
 
 def default_cache_dir(data_root: str) -> Path:
@@ -73,6 +69,62 @@ def default_cache_dir(data_root: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan_hr" / "fid"
 
 
+class _RealImages:
+    """The real side of every evaluation: images ``[first, first + count)`` of the first
+    ``num_images`` of the data set's one-reader stream, and the files that cache their Inception
+    statistics.
+
+    Apart from `Evaluator` because none of it depends on the generator: the manifest is read and
+    the image count checked once, and then any resolution can be read, or found in the cache.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        num_images: int,
+        *,
+        seed: int,
+        batch_size: int,
+        first: int,
+        count: int,
+        cache_dir: str | os.PathLike[str] | None,
+    ) -> None:
+        self.data_root = data_root
+        self.manifest = load_manifest(data_root)
+        if num_images > self.manifest["num_images"]:
+            raise ValueError(f"num_images {num_images} is more than the {self.manifest['num_images']} images "
+                             f"of {data_root}; the real set would repeat images")
+        self.num_images, self.seed, self.batch_size = num_images, seed, batch_size
+        self.first, self.count = first, count
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_root)
+        self._cache_paths: dict[tuple[int, str], Path] = {}
+
+    def batches(self, resolution: int) -> Iterator[Tensor]:
+        """This share at ``resolution``, in batches; a resolution the data set lacks fails here,
+        not when (or if) the batches are read."""
+        shards = resolution_shards(self.manifest, self.data_root, resolution)
+        return self._read(shards, resolution)
+
+    def _read(self, shards: list[ShardInfo], resolution: int) -> Iterator[Tensor]:
+        # One image per stream batch: start_batch then skips exactly `first` images (by tar
+        # headers, without decoding them).
+        stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=self.seed, start_batch=self.first,
+                             slots=1)
+        samples = iter(stream)
+        for size in _chunks(self.count, self.batch_size):
+            yield torch.cat([next(samples)["image"] for _ in range(size)]).contiguous()
+
+    def cache_path(self, resolution: int, weights_path: str | os.PathLike[str]) -> Path:
+        """The file for the Inception statistics of all num_images at ``resolution`` (hashing the
+        weights file once per resolution)."""
+        key = (resolution, str(weights_path))
+        if key not in self._cache_paths:
+            digest = stats_cache_key(self.manifest, resolution, weights_path, num_images=self.num_images)
+            name = f"inception-{resolution}px-{self.num_images}img-seed{self.seed}-{digest}.pt"
+            self._cache_paths[key] = self.cache_dir / name
+        return self._cache_paths[key]
+
+
 class Evaluator:
     """Metrics of generators against one data set; build once, call at each evaluation.
 
@@ -80,6 +132,9 @@ class Evaluator:
     for (raising ``MissingInceptionWeights`` before any work), so a training run fails at start-up
     rather than at its first evaluation. Call it on every process of a distributed run with that
     process's ``rank`` and a ``gather`` that concatenates tensors across processes in rank order.
+
+    This is the generator side: it makes this rank's fakes, feeds them with the reals
+    (`_RealImages`) to every metric in one pass, and gathers the results across processes.
     """
 
     def __init__(
@@ -109,22 +164,17 @@ class Evaluator:
             raise ValueError("a distributed evaluation needs a gather function (e.g. accelerator.gather)")
         # First, so that a missing weights file is the error reported even when more is wrong.
         weights = resolve_inception_weights(inception_weights) if NEEDS_INCEPTION.intersection(metrics) else None
-        self.data_root = data_root
         self.metrics = list(dict.fromkeys(metrics))
-        self.manifest = load_manifest(data_root)
-        if num_images > self.manifest["num_images"]:
-            raise ValueError(f"num_images {num_images} is more than the {self.manifest['num_images']} images "
-                             f"of {data_root}; the real set would repeat images")
+        # Equal shares, so that gathers see the same shape on every rank; the surplus is cut.
+        self.share = math.ceil(num_images / world_size)
+        self.reals = _RealImages(data_root, num_images, seed=seed, batch_size=batch_size, first=rank * self.share,
+                                 count=self.share, cache_dir=cache_dir)
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.gather = gather or _identity
+        self.gather = gather or no_gather
         self.progress = progress
-        # Equal shares, so that gathers see the same shape on every rank; the surplus is cut.
-        self.share = math.ceil(num_images / world_size)
         self.inception = InceptionFeatures(weights, device=self.device) if weights is not None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_root)
-        self._cache_paths: dict[int, Path] = {}
 
     def metrics_at(self, resolution: int) -> list[str]:
         """The configured metrics that can be computed at ``resolution`` (SWD needs 16² or more)."""
@@ -176,7 +226,7 @@ class Evaluator:
     def _evaluate(
         self, G: nn.Module, resolution: int, alpha: float, names: list[str], style_kwargs: Mapping
     ) -> dict[str, float]:
-        shards = resolution_shards(self.manifest, self.data_root, resolution)
+        real_batches = self.reals.batches(resolution)
         inception_names = [m for m in names if m in NEEDS_INCEPTION]
         real_cache = self._agreed_cache(resolution) if inception_names else None
         cached = real_cache is not None and real_cache.is_file()
@@ -193,7 +243,7 @@ class Evaluator:
         bar = tqdm(total=self.share * (2 if reads_reals else 1), desc=f"evaluate {resolution}²", unit="img",
                    disable=not self.progress, dynamic_ncols=True)
         with bar:
-            reals = _tee(self._real_batches(shards, resolution), real_sinks, bar)
+            reals = _tee(real_batches, real_sinks, bar)
             fakes = _tee(self._fake_batches(G, resolution, alpha, style_kwargs), fake_sinks, bar)
             result: dict[str, float] = {}
             if inception_names:
@@ -212,16 +262,6 @@ class Evaluator:
                                                    seed=self.seed, device=self.device))
         return result
 
-    def _real_batches(self, shards: list[ShardInfo], resolution: int) -> Iterator[Tensor]:
-        """This rank's share of the first num_images of the one-reader stream, in batches."""
-        # One image per stream batch: start_batch then skips exactly rank * share images
-        # (by tar headers, without decoding them).
-        stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=self.seed,
-                             start_batch=self.rank * self.share, slots=1)
-        samples = iter(stream)
-        for size in _chunks(self.share, self.batch_size):
-            yield torch.cat([next(samples)["image"] for _ in range(size)]).contiguous()
-
     def _fake_batches(self, G: nn.Module, resolution: int, alpha: float, style_kwargs: Mapping) -> Iterator[Tensor]:
         device = next(G.parameters()).device
         first = self.seed + self.rank * self.share
@@ -239,33 +279,11 @@ class Evaluator:
     def _agreed_cache(self, resolution: int) -> Path | None:
         """The real-statistics cache file, or None when the ranks disagree on whether it exists
         (a node-local cache): a rank that read it would skip the feature gather the others wait in."""
-        if resolution not in self._cache_paths:
-            key = stats_cache_key(self.manifest, resolution, self.inception.weights_path, num_images=self.num_images)
-            name = f"inception-{resolution}px-{self.num_images}img-seed{self.seed}-{key}.pt"
-            self._cache_paths[resolution] = self.cache_dir / name
-        path = self._cache_paths[resolution]
+        path = self.reals.cache_path(resolution, self.inception.weights_path)
         if self.world_size == 1:
             return path
         flags = self.gather(torch.tensor([float(path.is_file())], device=self.device))
         return path if flags.min() == flags.max() else None
-
-
-def evaluate_generator(
-    G: nn.Module,
-    resolution: int,
-    alpha: float,
-    data_root: str,
-    metrics: Sequence[str],
-    *,
-    num_images: int,
-    truncation_psi: float = 1.0,
-    truncation_cutoff: int | None = None,
-    **options,
-) -> dict[str, float]:
-    """One evaluation of ``G`` (see `Evaluator` for ``options``); for a `TrainedGenerator` t:
-    ``evaluate_generator(t.generator, t.resolution, t.alpha, data_root, ["swd"], num_images=...)``."""
-    evaluator = Evaluator(data_root, metrics, num_images=num_images, **options)
-    return evaluator(G, resolution, alpha, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
 # --------------------------------------------------------------------------- helpers

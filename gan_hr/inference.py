@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gan_hr.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from gan_hr.config import Config, from_dict
 from gan_hr.models import build_generator
-from gan_hr.training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
 
 @dataclass

@@ -72,7 +72,7 @@ def saved_data_root(cfg: Config) -> str:
 def checkpoint_arg(value: str, arg: str = "--checkpoint") -> Path:
     """The checkpoint directory a checkpoint, checkpoints/ folder or run directory names."""
     # Here, not at the top: plot.py needs the other checks and not torch.
-    from gan_hr.training.checkpoint import CheckpointError, resolve_checkpoint
+    from gan_hr.checkpoint import CheckpointError, resolve_checkpoint
 
     path = Path(value)
     if not path.exists():

@@ -14,8 +14,16 @@ from torchvision.utils import make_grid
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8 [0, 255], clamped."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """Images [N, 3, H, W] as a saved PNG holds them: float in [-1, 1] is mapped to [0, 255],
+    rounded and clipped; uint8 passes through. The metrics quantise through this too, so they
+    score exactly what `save_grid` and generate.py write."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ValueError(f"expected uint8 or float images, got {images.dtype}")
+    return ((images.float() + 1.0) * 127.5).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> np.ndarray:

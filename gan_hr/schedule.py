@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from gan_hr.config import ScheduleConfig
+from gan_hr.resolutions import resolutions_between
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,13 @@ class Schedule:
         stable = round(cfg.stable_kimg * 1000)
         self.phases: list[Phase] = []
         start = 0
-        res = cfg.start_res
-        while res <= cfg.max_res:
+        for res in resolutions_between(cfg.start_res, cfg.max_res):
             first, last = res == cfg.start_res, res == cfg.max_res
             phase_fade = 0 if first else fade
             length = math.inf if last else phase_fade + stable
             self.phases.append(Phase(len(self.phases), res, start, phase_fade, length))
             if not last:
                 start += phase_fade + stable
-            res *= 2
 
     @property
     def resolutions(self) -> list[int]:

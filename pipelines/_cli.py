@@ -36,8 +36,8 @@ def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_
     intact, and `--resume auto` continues once it is fixed.
 
     `single_resolution` is for the baselines: one resolution, no growing."""
+    from gan_hr.checkpoint import CheckpointWriteError
     from gan_hr.config import ConfigError, load_config
-    from gan_hr.training.checkpoint import CheckpointWriteError
     from gan_hr.training.launch import LaunchError, run_training
     from gan_hr.training.trainer import TrainingDiverged
 

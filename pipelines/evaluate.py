@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from gan_hr.checkpoint import CheckpointError  # noqa: E402
 from gan_hr.evaluation import Evaluator  # noqa: E402
 from gan_hr.inference import load_generator  # noqa: E402
 from gan_hr.metrics import METRICS  # noqa: E402
 from gan_hr.path_args import checkpoint_arg, data_arg, out_dir_arg, saved_data_root  # noqa: E402
-from gan_hr.training.checkpoint import CheckpointError  # noqa: E402
 from gan_hr.training.run_dir import MetricsLog, RunDir  # noqa: E402
 
 

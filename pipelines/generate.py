@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from gan_hr.checkpoint import CheckpointError  # noqa: E402
 from gan_hr.inference import TrainedGenerator, generate, load_generator  # noqa: E402
 from gan_hr.path_args import checkpoint_arg, image_file_arg, out_dir_arg  # noqa: E402
 from gan_hr.sampling import (  # noqa: E402
@@ -32,7 +33,6 @@ from gan_hr.sampling import (  # noqa: E402
     to_uint8,
     truncation_grid,
 )
-from gan_hr.training.checkpoint import CheckpointError  # noqa: E402
 
 MODES = ("grid", "mixing", "interpolation", "truncation")
 

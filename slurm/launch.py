@@ -137,10 +137,13 @@ def accelerate_config(layout: Layout) -> Path:
     return ACCELERATE_CONFIGS / f"{name}.yaml"
 
 
-def config_precision(config: str, overrides: list[str], use_cpu: bool) -> str:
-    """train.mixed_precision of the run's config, `auto` resolved for this node's device as the
-    trainer will. Loading the config here also rejects a bad one once, in one line, before any
-    trainer starts."""
+def config_precision(config: str, overrides: list[str]) -> str:
+    """The run config's train.mixed_precision for `--mixed_precision`, `no` for `auto`.
+
+    The trainer alone resolves `auto` for its device and passes the result to
+    Accelerator(mixed_precision=...), which overrides this flag; the flag passes an explicit
+    choice on to scripts that build a bare Accelerator(). Loading the config here also rejects
+    a bad one once, in one line, before any trainer starts."""
     sys.path.insert(0, str(ROOT))
     from gan_hr.config import ConfigError, load_config
 
@@ -148,11 +151,7 @@ def config_precision(config: str, overrides: list[str], use_cpu: bool) -> str:
         requested = load_config(config, overrides).train.mixed_precision
     except ConfigError as exc:
         raise LaunchConfigError(f"config {config}: {exc}") from None
-    if requested != "auto":
-        return requested
-    from gan_hr.training.precision import accelerate_device, resolve_precision
-
-    return resolve_precision(requested, accelerate_device(use_cpu))
+    return "no" if requested == "auto" else requested
 
 
 def build_command(env: Mapping[str, str], python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
@@ -175,8 +174,7 @@ def build_command(env: Mapping[str, str], python: str = sys.executable) -> tuple
         "--num_processes", str(layout.num_processes),
         "--main_process_ip", layout.main_addr,
         "--main_process_port", str(layout.main_port),
-        # The trainer builds Accelerator(mixed_precision=train.mixed_precision); say the same here.
-        "--mixed_precision", config_precision(config, overrides, layout.use_cpu),
+        "--mixed_precision", config_precision(config, overrides),
         "--dynamo_backend", "no",
     ]
     if layout.num_processes > 1:

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from gan_hr.training.checkpoint import (
+from gan_hr.checkpoint import (
     CheckpointDamaged,
     CheckpointError,
     CheckpointWriteError,
@@ -56,7 +56,7 @@ def test_kill_during_write_leaves_previous_checkpoint(tmp_path, repo_root):
     # A real SIGKILL between the shared files and the rename that completes a checkpoint.
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from gan_hr.training.checkpoint import write_checkpoint
+        from gan_hr.checkpoint import write_checkpoint
         calls = []
         def all_ok(ok):
             calls.append(1)

@@ -20,14 +20,14 @@ from train_helpers import ROOT, cpu_env, train
 import gan_hr.evaluation as evaluation
 from gan_hr.config import Config, ModelConfig
 from gan_hr.data import ShardStream, load_manifest, resolution_shards
-from gan_hr.evaluation import Evaluator, evaluate_generator
+from gan_hr.evaluation import Evaluator
 from gan_hr.inference import load_generator
-from gan_hr.metrics import compute_swd, to_uint8
+from gan_hr.metrics import compute_swd
 from gan_hr.metrics.fid import INCEPTION_WEIGHTS_ENV
 from gan_hr.path_args import PathArgError, saved_data_root
 from gan_hr.models import build_generator
 from gan_hr.plots import resolution_spans
-from gan_hr.sampling import latents_from_seeds
+from gan_hr.sampling import latents_from_seeds, to_uint8
 from gan_hr.training.run_dir import read_metrics
 
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -49,7 +49,7 @@ def first_reals(data: Path, n: int, resolution: int = 16, seed: int = 0) -> torc
 
 def test_swd_compares_the_first_reals_with_seeded_fakes(synthetic_data):
     G = tiny_generator("progan")
-    got = evaluate_generator(G, 32, 1.0, str(synthetic_data), ["swd"], num_images=20, batch_size=8, seed=3)
+    got = Evaluator(str(synthetic_data), ["swd"], num_images=20, batch_size=8, seed=3)(G, 32, 1.0)
     with torch.no_grad():
         fakes = to_uint8(G(latents_from_seeds(range(3, 23), G.latent_dim), 32, 1.0))
     assert got == compute_swd(first_reals(synthetic_data, 20, resolution=32, seed=3), fakes, seed=3)
@@ -181,7 +181,7 @@ def test_cli_prints_one_json_line_and_appends_it(run, synthetic_data, capsys):
     assert record["num_images"] == 16 and record["metric_source"] == "evaluate"
     trained = load_generator(run)
     # --data defaults to the data the run trained on. (Approximate: the CLI runs on a GPU if any.)
-    expected = evaluate_generator(trained.generator, 16, 0.375, str(synthetic_data), ["swd"], num_images=16)
+    expected = Evaluator(str(synthetic_data), ["swd"], num_images=16)(trained.generator, 16, 0.375)
     assert {k: record[k] for k in ("swd_16", "swd_mean")} == pytest.approx(expected, rel=1e-2)
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert logged == record
@@ -351,9 +351,9 @@ def test_training_lowers_the_swd_of_the_ema_generator(tmp_path, synthetic_data):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(trained.config.train.seed)
         initial = build_generator(trained.config.model, trained.config.schedule.max_res)
-    options = dict(num_images=256, batch_size=64)
-    before = evaluate_generator(initial, 16, 1.0, str(synthetic_data), ["swd"], **options)["swd_mean"]
-    after = evaluate_generator(trained.generator, 16, 1.0, str(synthetic_data), ["swd"], **options)["swd_mean"]
+    evaluator = Evaluator(str(synthetic_data), ["swd"], num_images=256, batch_size=64)
+    before = evaluator(initial, 16, 1.0)["swd_mean"]
+    after = evaluator(trained.generator, 16, 1.0)["swd_mean"]
     # Measured here: 246.8 -> 99.5 (ratio 0.40, 2.5x lower); train.seed 1-6 gave ratios 0.34-0.42.
     # A generator that has not learnt stays near 1 (0.9-1.2 before the 16² block learns).
     assert after < 0.5 * before, (before, after)

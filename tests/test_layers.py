@@ -14,7 +14,6 @@ from gan_hr.nn.layers import (
     ConvLayer,
     FromRGB,
     MinibatchStddev,
-    PixelNorm,
     ToRGB,
     check_alpha,
     check_resolution,
@@ -90,7 +89,7 @@ def test_num_channels_floor_and_cap():
 def test_pixel_norm_unit_rms_over_channels():
     torch.manual_seed(0)
     x = torch.randn(3, 8, 5, 5) * torch.rand(3, 1, 5, 5) * 10
-    y = PixelNorm()(x)
+    y = pixel_norm(x)
     torch.testing.assert_close(y.square().mean(dim=1), torch.ones(3, 5, 5))
     # Direction is kept: y is a positive multiple of x at every pixel.
     torch.testing.assert_close(y / y.norm(dim=1, keepdim=True), x / x.norm(dim=1, keepdim=True))

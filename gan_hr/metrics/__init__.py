@@ -20,7 +20,7 @@ from gan_hr.metrics.fid import (
     resolve_inception_weights,
     stats_cache_key,
 )
-from gan_hr.metrics.swd import compute_swd, to_uint8
+from gan_hr.metrics.swd import compute_swd
 
 MetricFn = Callable[..., dict[str, float]]
 
@@ -34,14 +34,6 @@ METRICS: dict[str, MetricFn] = {
 NEEDS_INCEPTION = frozenset({"fid", "kid"})
 
 
-def get_metric(name: str) -> MetricFn:
-    """The metric called ``name``, or a KeyError listing the known names."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
-
-
 __all__ = [
     "METRICS",
     "NEEDS_INCEPTION",
@@ -51,11 +43,9 @@ __all__ = [
     "RealStatistics",
     "compute_swd",
     "frechet_distance",
-    "get_metric",
     "inception_metrics",
     "kid",
     "real_statistics",
     "resolve_inception_weights",
     "stats_cache_key",
-    "to_uint8",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gan_hr.metrics.swd import to_uint8
+from gan_hr.sampling import to_uint8
 
 INCEPTION_WEIGHTS_ENV = "GAN_HR_INCEPTION_WEIGHTS"
 # The file torch-fidelity 0.4 fetches (URL_INCEPTION_V3 in feature_extractor_inceptionv3.py).
@@ -39,7 +39,8 @@ class MissingInceptionWeights(FileNotFoundError):
     """FID/KID were asked for without a usable local Inception weights file."""
 
 
-def _identity(x: Tensor) -> Tensor:
+def no_gather(x: Tensor) -> Tensor:
+    """The ``gather`` of a single process, which already holds every feature: ``x`` itself."""
     return x
 
 
@@ -93,7 +94,7 @@ class InceptionFeatures:
 
 
 def compute_features(
-    feature_fn: FeatureFn, batches: Tensor | Iterable[Tensor], *, gather: Callable[[Tensor], Tensor] = _identity
+    feature_fn: FeatureFn, batches: Tensor | Iterable[Tensor], *, gather: Callable[[Tensor], Tensor] = no_gather
 ) -> Tensor:
     """Features of every batch of this process, then ``gather``-ed (e.g. ``accelerator.gather_for_metrics``).
 
@@ -193,7 +194,7 @@ def real_statistics(
     batches: Tensor | Iterable[Tensor],
     cache_path: Path | None,
     *,
-    gather: Callable[[Tensor], Tensor] = _identity,
+    gather: Callable[[Tensor], Tensor] = no_gather,
 ) -> RealStatistics:
     """Statistics of the real set, read from ``cache_path`` when it exists, else computed and saved.
 
@@ -253,7 +254,7 @@ def inception_metrics(
     features: FeatureFn,
     metrics: Sequence[str] = ("fid", "kid"),
     real_cache: Path | None = None,
-    gather: Callable[[Tensor], Tensor] = _identity,
+    gather: Callable[[Tensor], Tensor] = no_gather,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,

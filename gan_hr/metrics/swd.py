@@ -31,21 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gan_hr.resolutions import is_power_of_two, resolutions_between
+from gan_hr.sampling import to_uint8
+
 PATCH_SIZE = 7
 MIN_RESOLUTION = 16
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Return uint8 [N, 3, H, W]: uint8 passes through, float in [-1, 1] is rounded and clipped."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise ValueError(f"expected uint8 or float images, got {images.dtype}")
-    return ((images.float() + 1.0) * 127.5).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def _blur(x: Tensor, gain: float) -> Tensor:
@@ -82,14 +74,11 @@ def laplacian_pyramid(images: Tensor) -> list[Tensor]:
 def level_resolutions(resolution: int) -> list[int]:
     """Resolutions of the pyramid levels for square images of ``resolution`` (finest first)."""
     _check_resolution(resolution)
-    out = [resolution]
-    while out[-1] > MIN_RESOLUTION:
-        out.append(out[-1] // 2)
-    return out
+    return resolutions_between(MIN_RESOLUTION, resolution)[::-1]
 
 
 def _check_resolution(resolution: int) -> None:
-    if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
+    if resolution < MIN_RESOLUTION or not is_power_of_two(resolution):
         raise ValueError(f"SWD needs square power-of-two images of at least {MIN_RESOLUTION}, got {resolution}")
 
 

@@ -9,10 +9,11 @@ Widths: the feature maps at resolution r have `dcgan_channels(r, max_res, base_w
 4, 8, 16, 32; larger outputs add blocks at the top (4² and 8² stay capped at 8 W) so the
 layer just below the image always has W channels.
 
-Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: the trainer turns it into
-SyncBatchNorm with `torch.nn.SyncBatchNorm.convert_sync_batchnorm` when `model.sync_batchnorm`
-asks for it, so no helper is needed. The batch-norm buffers (running statistics) are part of the
-model state: an EMA copy of G and checkpoints must carry buffers as well as parameters.
+Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: when `model.sync_batchnorm`
+asks for it, the trainer swaps each one for `gan_hr.training.sync_batchnorm.SyncBatchNorm2d`
+(`convert_sync_batchnorm` there; unlike torch's SyncBatchNorm it also runs on CPU with gloo), so
+no helper is needed. The batch-norm buffers (running statistics) are part of the model state: an
+EMA copy of G and checkpoints must carry buffers as well as parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from gan_hr.config import ModelConfig
+from gan_hr.resolutions import check_max_res, resolutions_between
 
 __all__ = [
     "DCGANDiscriminator",
@@ -52,24 +54,14 @@ def init_dcgan_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_max_res(max_res: int) -> None:
-    if (
-        not isinstance(max_res, int)
-        or isinstance(max_res, bool)
-        or max_res < _MIN_MAX_RES
-        or max_res & (max_res - 1)
-    ):
-        raise ValueError(f"DCGAN max_res must be a power of two >= {_MIN_MAX_RES}, got {max_res!r}")
-
-
 def _check_resolution(resolution: int, max_res: int) -> None:
     if resolution != max_res:
         raise ValueError(f"this DCGAN runs at {max_res}² only (no growing), got resolution={resolution}")
 
 
-def _resolutions(max_res: int) -> list[int]:
+def _feature_resolutions(max_res: int) -> list[int]:
     """4, 8, ..., max_res / 2: the feature-map sizes between the latent and the image."""
-    return [2**i for i in range(_BASE_RES.bit_length() - 1, max_res.bit_length() - 1)]
+    return resolutions_between(_BASE_RES, max_res // 2)
 
 
 class DCGANUpBlock(nn.Module):
@@ -112,13 +104,12 @@ class DCGANGenerator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
-        _check_max_res(max_res)
         self.latent_dim = cfg.latent_dim
-        self.max_res = max_res
+        self.max_res = check_max_res(max_res, _MIN_MAX_RES, "DCGAN")
         w = cfg.base_width
         in_ch = cfg.latent_dim
         blocks = []
-        for res in _resolutions(max_res):
+        for res in _feature_resolutions(max_res):
             out_ch = dcgan_channels(res, max_res, w)
             blocks.append(DCGANUpBlock(in_ch, out_ch, res))
             in_ch = out_ch
@@ -144,13 +135,12 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
-        _check_max_res(max_res)
         self.latent_dim = cfg.latent_dim
-        self.max_res = max_res
+        self.max_res = check_max_res(max_res, _MIN_MAX_RES, "DCGAN")
         w = cfg.base_width
         in_ch = 3
         blocks = []
-        for i, res in enumerate(reversed(_resolutions(max_res))):
+        for i, res in enumerate(reversed(_feature_resolutions(max_res))):
             out_ch = dcgan_channels(res, max_res, w)
             # No batch norm on the image-facing layer, as in the paper.
             blocks.append(DCGANDownBlock(in_ch, out_ch, res, batch_norm=i > 0))

@@ -35,16 +35,11 @@ from gan_hr.nn.layers import (
     pixel_norm,
     upsample2x,
 )
+from gan_hr.resolutions import check_max_res, resolutions_between
 
 __all__ = ["ProGANDiscriminator", "ProGANGenerator"]
 
 BASE_RES = 4
-
-
-def _resolutions(max_res: int) -> list[int]:
-    if not (isinstance(max_res, int) and max_res >= BASE_RES and max_res & (max_res - 1) == 0):
-        raise ValueError(f"max_res must be a power of two >= {BASE_RES}, got {max_res!r}")
-    return [2**i for i in range(2, int(math.log2(max_res)) + 1)]
 
 
 # --------------------------------------------------------------------------- generator
@@ -98,8 +93,8 @@ class ProGANGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
         self.latent_dim = cfg.latent_dim
-        self.max_res = max_res
-        self.resolutions = _resolutions(max_res)
+        self.max_res = check_max_res(max_res, BASE_RES, "ProGAN")
+        self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
         blocks: dict[str, nn.Module] = {"b4": GInputBlock(cfg.latent_dim, ch(BASE_RES))}
         for res in self.resolutions[1:]:
@@ -183,8 +178,8 @@ class ProGANDiscriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
-        self.max_res = max_res
-        self.resolutions = _resolutions(max_res)
+        self.max_res = check_max_res(max_res, BASE_RES, "ProGAN")
+        self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
         blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size)}
         for res in self.resolutions[1:]:

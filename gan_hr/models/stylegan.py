@@ -37,19 +37,11 @@ from gan_hr.nn.layers import (
     upsample2x,
 )
 from gan_hr.nn.style import NOISE_MODES, StyledConv, StyleEpilogue
+from gan_hr.resolutions import check_max_res, resolutions_between
 
 __all__ = ["MappingNetwork", "StyleGANGenerator", "SynthesisBlock", "SynthesisNetwork"]
 
 _MIN_RES = 4
-
-
-def _resolutions(max_res: int) -> list[int]:
-    return [2**i for i in range(_MIN_RES.bit_length() - 1, max_res.bit_length())]
-
-
-def _check_max_res(max_res: int) -> None:
-    if not isinstance(max_res, int) or isinstance(max_res, bool) or max_res < _MIN_RES or max_res & (max_res - 1):
-        raise ValueError(f"StyleGAN max_res must be a power of two >= {_MIN_RES}, got {max_res!r}")
 
 
 class MappingNetwork(nn.Module):
@@ -114,10 +106,9 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
-        _check_max_res(max_res)
-        self.max_res = max_res
+        self.max_res = check_max_res(max_res, _MIN_RES, "StyleGAN")
         self.w_dim = cfg.w_dim
-        self.resolutions = _resolutions(max_res)
+        self.resolutions = resolutions_between(_MIN_RES, max_res)
         self.num_ws = 2 * len(self.resolutions)
         blocks = {}
         for i, res in enumerate(self.resolutions):
@@ -135,7 +126,7 @@ class SynthesisNetwork(nn.Module):
     def num_ws_at(self, resolution: int) -> int:
         """How many ws (styled layers) the network uses at `resolution`."""
         check_resolution(resolution, self.max_res)
-        return 2 * (resolution.bit_length() - _MIN_RES.bit_length() + 1)
+        return 2 * len(resolutions_between(_MIN_RES, resolution))
 
     def forward(
         self, ws: torch.Tensor, resolution: int, alpha: float = 1.0, noise_mode: str = "random"
@@ -179,7 +170,7 @@ class StyleGANGenerator(nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
-        _check_max_res(max_res)
+        check_max_res(max_res, _MIN_RES, "StyleGAN")
         self.latent_dim = cfg.latent_dim
         self.w_dim = cfg.w_dim
         self.max_res = max_res

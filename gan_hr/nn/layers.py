@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_hr.nn.equalized import EqualConv2d
+from gan_hr.resolutions import is_power_of_two
 
 LRELU_SLOPE = 0.2
 
@@ -28,17 +29,6 @@ def num_channels(resolution: int, channel_base: int, channel_max: int) -> int:
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale each pixel's feature vector to unit RMS (ProGAN section 4.2)."""
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
-
-
-class PixelNorm(nn.Module):
-    """Module form of `pixel_norm`, normalising over dim 1 (features)."""
-
-    def __init__(self, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixel_norm(x, self.eps)
 
 
 def _group_size(batch: int, group_size: int) -> int:
@@ -138,7 +128,7 @@ def check_resolution(resolution: int, max_res: int, min_res: int = 4) -> int:
         res = operator.index(resolution)
     except TypeError:
         res = 0
-    if not (min_res <= res <= max_res and res & (res - 1) == 0):
+    if not (min_res <= res <= max_res and is_power_of_two(res)):
         raise ValueError(f"resolution must be a power of two in [{min_res}, {max_res}], got {resolution!r}")
     return res
 

@@ -16,11 +16,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from gan_hr.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from gan_hr.config import Config, ConfigError, save_config
 from gan_hr.evaluation import Evaluator
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
-from gan_hr.training.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from gan_hr.training.precision import accelerate_device, resolve_precision
 from gan_hr.training.resume import LaunchError, Resume, report_changes, select_init, select_resume, warn
 from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id

@@ -22,9 +22,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from gan_hr.config import Config, ConfigError, from_dict
-from gan_hr.models import build_discriminator, build_generator
-from gan_hr.training.checkpoint import (
+from gan_hr.checkpoint import (
     Checkpoint,
     CheckpointDamaged,
     CheckpointError,
@@ -36,6 +34,8 @@ from gan_hr.training.checkpoint import (
     quarantine,
     resolve_checkpoint,
 )
+from gan_hr.config import Config, ConfigError, from_dict
+from gan_hr.models import build_discriminator, build_generator
 from gan_hr.training.run_dir import MetricsLog, RunDir
 
 # Keys that fix the networks' tensors (or what their weights mean): a run keeps them for life.

@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from gan_hr.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.config import Config
 from gan_hr.data import loader_workers, make_loader, to_float
 from gan_hr.evaluation import Evaluator
@@ -27,7 +28,6 @@ from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
-from gan_hr.training.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
 from gan_hr.training.grad_sync import average_buffers
