@@ -344,6 +344,15 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, newest: Path) -> list[Path]:
     return doomed
 
 
+def remove_partial(ckpt_dir: Path) -> list[Path]:
+    """Delete the `.tmp-step-*` directories a killed writer left (they would hold the space a
+    full disk needs back). Only for the holder of the run's lock: no one else is writing."""
+    partial = sorted(ckpt_dir.glob(".tmp-step-*")) if ckpt_dir.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint path, a checkpoints/ folder or a run directory."""
     path = Path(path)

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from gan_hr.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
+from gan_hr.checkpoint import Checkpoint, CheckpointError, remove_partial, resolve_checkpoint
 from gan_hr.config import Config, ConfigError, save_config
 from gan_hr.evaluation import Evaluator
 from gan_hr.metrics import MissingInceptionWeights
@@ -184,6 +184,8 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
 
     created = not run.root.exists()
     lock = lock_run_dir(acc, run)
+    if acc.is_main_process:
+        remove_partial(run.checkpoints)
     try:
         ckpt = select_resume(acc, run, resume, cfg)
     except LaunchError:
