@@ -38,11 +38,13 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import gan_hr.training.guard as guard_module  # noqa: E402
 import gan_hr.training.trainer as trainer_module  # noqa: E402
 from benchmarks.train_step import PRECISION, build_trainer  # noqa: E402
 from gan_hr.training.grad_sync import running_buffers  # noqa: E402
 
-WRAPPED = ("average_gradients", "average_buffers")
+# The averaging functions, by the module that calls them (each imports them by name).
+WRAPPED = {"average_gradients": guard_module, "average_buffers": trainer_module}
 
 
 def _world() -> int:
@@ -58,11 +60,11 @@ def _launched() -> int:
 class SyncTimer:
     """Wraps the trainer's gradient and buffer averaging to time them and count their payload.
 
-    Patches the names in gan_hr.training.trainer (which imports them by name) while active."""
+    Patches the names where they are called (see WRAPPED) while active."""
 
     def __init__(self) -> None:
         self.world = _world()
-        self.originals = {name: getattr(trainer_module, name) for name in WRAPPED}
+        self.originals = {name: getattr(module, name) for name, module in WRAPPED.items()}
         self.reset()
 
     def reset(self) -> None:
@@ -72,13 +74,13 @@ class SyncTimer:
         self.sizes: list[int] = []  # elements of each all-reduce in the last step, for the raw timing
 
     def __enter__(self) -> SyncTimer:
-        for name in WRAPPED:
-            setattr(trainer_module, name, self._wrap(self.originals[name], name))
+        for name, module in WRAPPED.items():
+            setattr(module, name, self._wrap(self.originals[name], name))
         return self
 
     def __exit__(self, *exc) -> None:
         for name, fn in self.originals.items():
-            setattr(trainer_module, name, fn)
+            setattr(WRAPPED[name], name, fn)
 
     @staticmethod
     def _payload(name: str, module: torch.nn.Module, args: tuple) -> int:
