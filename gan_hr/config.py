@@ -387,10 +387,13 @@ def validate(cfg: Config) -> None:
     _one_of(tr.backend, BACKENDS, "tracking.backend")
 
     if d.path is not None:
-        _validate_data_path(d.path, s.max_res)
+        _validate_data_path(d.path, s.start_res, s.max_res)
 
 
-def _validate_data_path(path: str, max_res: int) -> None:
+def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
+    """The data set has images at every resolution the schedule trains, by its manifest: a data set
+    without them fails here, before the run directory exists, rather than when its phase starts.
+    No shard is opened (each phase checks its own when it starts, gan_hr.data)."""
     # Object-storage URLs are read lazily; only local directories can be checked up front.
     if "://" in path or path.startswith("pipe:"):
         return
@@ -398,11 +401,26 @@ def _validate_data_path(path: str, max_res: int) -> None:
     _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")
     _check(manifest.is_file(), "data.path", f"no manifest.json in {path} (run python -m data_prep)")
     try:
-        resolutions = json.loads(manifest.read_text())["resolutions"]
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"data.path: unreadable manifest {manifest}: {exc}") from exc
-    _check(max_res <= max(resolutions), "schedule.max_res",
-           f"{max_res} is above the data's largest resolution ({max(resolutions)}) in {path}")
+        shards = json.loads(manifest.read_text())["shards"]
+        listed = {int(res): entries for res, entries in shards.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"data.path: unreadable manifest {manifest}: {type(exc).__name__}: {exc}"
+                          .splitlines()[0]) from exc
+    _check(any(listed.values()), "data.path",
+           f"{manifest} lists no shards: the data set holds no images (see its \"skipped\")")
+    _check(max_res <= max(listed), "schedule.max_res",
+           f"{max_res} is above the data's largest resolution ({max(listed)}) in {path}")
+    res = start_res
+    while res <= max_res:
+        entries = listed.get(res)
+        _check(isinstance(entries, list) and entries != [], "data.path",
+               f"{manifest} lists no shards at {res}x{res}, which the schedule trains "
+               f"(schedule.start_res {start_res} to schedule.max_res {max_res})")
+        for entry in entries:
+            usable = (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                      and type(entry.get("count")) is int and entry["count"] >= 1)
+            _check(usable, "data.path", f"{manifest}: shard {entry!r} at {res}x{res} needs a path and a count >= 1")
+        res *= 2
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -22,10 +22,14 @@ def _parser(prog: str, default_config: str) -> argparse.ArgumentParser:
 
 
 def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_resolution: bool = False) -> int:
-    """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written).
+    """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written), 3 a data
+    fault while training (a shard missing or unreadable; the checkpoints written so far stay): the
+    process ends at once, without Python's exit handlers, so a loader worker stuck in a read cannot
+    hold it (multiprocessing's handler would wait for the worker, which ignores SIGTERM, forever).
 
     `single_resolution` is for the baselines: one resolution, no growing."""
     from gan_hr.config import ConfigError, load_config
+    from gan_hr.data import DataError
     from gan_hr.training.launch import LaunchError, run_training
     from gan_hr.training.trainer import TrainingDiverged
 
@@ -45,6 +49,10 @@ def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1
+    except DataError as exc:
+        print(f"error: data: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     if os.environ.get("RANK", "0") == "0":
         _write_plots(run.root)
     return 0
