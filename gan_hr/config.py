@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gan_hr.resolutions import is_power_of_two
+from gan_hr.resolutions import is_power_of_two, resolutions_between
 
 
 class ConfigError(ValueError):
@@ -161,9 +161,11 @@ LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BACKENDS = ("wandb", "none")
 METRICS = ("swd", "fid", "kid")
-# Loader workers per process: 0, or a divisor of gan_hr.data.SLOTS_PER_RANK (16), so that the
-# data order never depends on them (config stays import-light: the number is repeated here).
-WORKER_COUNTS = (0, 1, 2, 4, 8, 16)
+# The data stream's slots per training process (gan_hr.data): the most loader workers a process
+# can use, and the fewest images a data set needs. Workers are 0 or a divisor, so that the data
+# order never depends on them.
+SLOTS_PER_RANK = 16
+WORKER_COUNTS = (0, *(n for n in range(1, SLOTS_PER_RANK + 1) if SLOTS_PER_RANK % n == 0))
 
 
 # --------------------------------------------------------------------------- loading
@@ -395,10 +397,13 @@ def validate(cfg: Config) -> None:
     _check(0 < tr.init_timeout_s <= 300, "tracking.init_timeout_s", "must be in (0, 300] seconds")
 
     if d.path is not None:
-        _validate_data_path(d.path, s.max_res)
+        _validate_data_path(d.path, s.start_res, s.max_res)
 
 
-def _validate_data_path(path: str, max_res: int) -> None:
+def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
+    """The data set has images at every resolution the schedule trains, by its manifest: a data set
+    without them fails here, before the run directory exists, rather than when its phase starts.
+    No shard is opened (each phase checks its own when it starts, gan_hr.data)."""
     # Object-storage URLs are read lazily; only local directories can be checked up front.
     if "://" in path or path.startswith("pipe:"):
         return
@@ -406,11 +411,28 @@ def _validate_data_path(path: str, max_res: int) -> None:
     _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")
     _check(manifest.is_file(), "data.path", f"no manifest.json in {path} (run python -m data_prep)")
     try:
-        resolutions = json.loads(manifest.read_text())["resolutions"]
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"data.path: unreadable manifest {manifest}: {exc}") from exc
-    _check(max_res <= max(resolutions), "schedule.max_res",
-           f"{max_res} is above the data's largest resolution ({max(resolutions)}) in {path}")
+        shards = json.loads(manifest.read_text())["shards"]
+        listed = {int(res): entries for res, entries in shards.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"data.path: unreadable manifest {manifest}: {type(exc).__name__}: {exc}"
+                          .splitlines()[0]) from exc
+    _check(any(listed.values()), "data.path",
+           f"{manifest} lists no shards: the data set holds no images (see its \"skipped\")")
+    _check(max_res <= max(listed), "schedule.max_res",
+           f"{max_res} is above the data's largest resolution ({max(listed)}) in {path}")
+    for res in resolutions_between(start_res, max_res):
+        entries = listed.get(res)
+        _check(isinstance(entries, list) and entries != [], "data.path",
+               f"{manifest} lists no shards at {res}x{res}, which the schedule trains "
+               f"(schedule.start_res {start_res} to schedule.max_res {max_res})")
+        for entry in entries:
+            usable = (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                      and type(entry.get("count")) is int and entry["count"] >= 1)
+            _check(usable, "data.path", f"{manifest}: shard {entry!r} at {res}x{res} needs a path and a count >= 1")
+        images = sum(entry["count"] for entry in entries)
+        _check(images >= SLOTS_PER_RANK, "data.path",
+               f"{manifest} has {images} images at {res}x{res}; training needs at least {SLOTS_PER_RANK} "
+               "per process (the data stream's slots)")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -26,7 +26,8 @@ shards are never read) and then the tar headers (skipped members are never decod
 
 A corrupt member (undecodable, wrong size, missing) is skipped, logged and counted; its batch is
 filled with the next good samples after the batch's own positions. A batch's positions in its
-slot's sequence never move, so resume stays exact with corrupt data too.
+slot's sequence never move, so resume stays exact with corrupt data too. A shard that cannot be
+opened, or a whole epoch of corrupt samples in a row, is a `DataError`: training cannot go on.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import os
 import re
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -48,7 +49,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode  # also loads torchvision's image ops
 
+from gan_hr.config import SLOTS_PER_RANK
+
 __all__ = [
+    "DataError",
     "ShardInfo",
     "ShardStream",
     "data_url",
@@ -73,9 +77,21 @@ _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 # Corrupt members: log the first few of each process in full, then every this-many-th.
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
-# Slots per rank: the most loader workers one training process can use (the `auto` policy asks
-# for 16 at 1024²); any count of workers that divides it keeps the order.
-SLOTS_PER_RANK = 16
+
+
+class DataError(RuntimeError):
+    """A data fault training cannot continue past (a shard missing or unreadable, data that is
+    all corrupt), said in one line that names the shard."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's error is raised again in the trainer as DataError("Caught DataError
+        # in DataLoader worker process N.\nOriginal Traceback ... DataError: <message>"): keep the
+        # one line worth printing.
+        super().__init__(message.rstrip().rpartition(f"{DataError.__name__}: ")[2])
+
+
+def _unreadable(url: str, err: OSError) -> DataError:
+    return DataError(f"shard {url} is missing or unreadable ({type(err).__name__}: {err.strerror or err})")
 
 
 @dataclass(frozen=True)
@@ -219,15 +235,33 @@ def _open_shard(url: str):
 
     Local files are memory-mapped copy-on-write: pages come from the page cache only when used
     (skipped members are never read) and are shared by all workers. Anything else is read through
-    webdataset's gopen.
+    webdataset's gopen. A shard that cannot be read is a `DataError`.
     """
     path = _local_path(url)
-    if path is None:
-        return bytearray(_read_bytes(url))
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return bytearray()
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    try:
+        if path is None:
+            return bytearray(_read_bytes(url))
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return bytearray()
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except OSError as err:
+        raise _unreadable(url, err) from err
+
+
+def _check_shards(shards: list[ShardInfo]) -> None:
+    """Raise `DataError` for the first local shard that cannot be opened (remote ones are only
+    tried when read): a phase with a missing shard fails as it starts, not when a worker gets to
+    the shard. Opens each file, reads nothing."""
+    for shard in shards:
+        path = _local_path(shard.url)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise _unreadable(shard.url, err) from None
 
 
 class _Shard:
@@ -425,7 +459,8 @@ class ShardStream(IterableDataset):
             bad_run = bad_run + 1 if sample[1] is None else 0
             # A whole epoch's worth of corrupt samples in a row: broken data must fail loudly.
             if bad_run > self.total_images:
-                raise RuntimeError(f"more than {self.total_images} corrupt samples in a row")
+                raise DataError(f"more than {self.total_images} corrupt samples in a row at "
+                                f"{self.resolution}x{self.resolution}: check the data with data_prep --verify")
             yield sample
 
     def _batches(self, items: Iterator[_RawItem]) -> Iterator[dict]:
@@ -465,14 +500,17 @@ def make_loader(
     mirror: bool = False,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
-) -> DataLoader:
+) -> Iterable[dict]:
     """A DataLoader over one resolution of the data set at `root` (see `data_url`) for one rank.
 
     Build a new one per resolution phase; nothing is shared between loaders. Do not pass it to
     ``accelerator.prepare``: the rank split is already done here. `num_workers` must divide
-    `SLOTS_PER_RANK` (0 decodes in this process); it changes speed, never the batches.
+    `SLOTS_PER_RANK` (0 decodes in this process); it changes speed, never the batches. Every local
+    shard is checked up front (`_check_shards`); with workers, an error stops them at once
+    (`_StopWorkersOnError`).
     """
     shards = resolution_shards(load_manifest(root), root, resolution)
+    _check_shards(shards)
     stream = ShardStream(
         shards,
         batch_size=batch_size,
@@ -483,7 +521,7 @@ def make_loader(
         start_batch=start_batch,
         mirror=mirror,
     )
-    return DataLoader(
+    loader = DataLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,
@@ -491,6 +529,43 @@ def make_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=_ignore_stop_signals,
     )
+    return _WorkerLoader(loader) if num_workers > 0 else loader
+
+
+class _WorkerLoader:
+    """A multi-worker DataLoader whose iterators shut their workers down as soon as they raise."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        return _StopWorkersOnError(iter(self.loader))
+
+
+class _StopWorkersOnError:
+    """A DataLoader iterator that lets go of its workers the moment it raises.
+
+    The workers ignore SIGTERM (`_ignore_stop_signals`), and multiprocessing's exit handler stops
+    the workers still running with SIGTERM and then waits for them: forever. Left alone, the
+    iterator outlives its error, and its workers with it, up to that handler: the error's
+    traceback holds the DataLoader's frames, which hold the iterator (the one that re-raises a
+    worker's error holds the error too, a cycle only the garbage collector breaks). So the
+    iterator and the traceback are dropped here: freeing the iterator shuts the workers down
+    (DataLoader's `__del__`) before the error goes on. Like a generator, it ends after an error.
+    """
+
+    def __init__(self, batches: Iterator[dict]):
+        self._batches = batches
+
+    def __iter__(self) -> _StopWorkersOnError:
+        return self
+
+    def __next__(self) -> dict:
+        try:
+            return next(self._batches)
+        except BaseException as err:
+            self._batches = iter(())
+            raise err.with_traceback(None)
 
 
 def loader_workers(setting: int | str, resolution: int, *, cpus: int | None = None) -> int:

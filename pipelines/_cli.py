@@ -32,12 +32,16 @@ def _parser(prog: str, default_config: str) -> argparse.ArgumentParser:
 
 def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_resolution: bool = False) -> int:
     """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written), 3 the
-    run stopped on a storage fault (disk full, read-only): the checkpoints written before are
-    intact, and `--resume auto` continues once it is fixed.
+    run stopped on a fault outside it, with the checkpoints written before intact: storage (disk
+    full, read-only; `--resume auto` continues once it is fixed) or data (a shard missing or
+    unreadable). On a data fault the process ends at once, without Python's exit handlers, so a
+    loader worker stuck in a read cannot hold it (multiprocessing's handler would wait for the
+    worker, which ignores SIGTERM, forever).
 
     `single_resolution` is for the baselines: one resolution, no growing."""
     from gan_hr.checkpoint import CheckpointWriteError
     from gan_hr.config import ConfigError, load_config
+    from gan_hr.data import DataError
     from gan_hr.training.launch import LaunchError, run_training
     from gan_hr.training.trainer import TrainingDiverged
 
@@ -63,6 +67,10 @@ def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_
     except CheckpointWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except DataError as exc:
+        print(f"error: data: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:
             raise

@@ -85,12 +85,56 @@ def test_data_path_without_manifest(tmp_path, repo_root):
         load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}"])
 
 
+def _write_manifest(root, shards: dict) -> None:
+    (root / "manifest.json").write_text(json.dumps({"format": "gan_hr-shards", "version": 1, "shards": shards}))
+
+
+def _shards(*resolutions: int) -> dict:
+    return {str(r): [{"path": f"{r}/shard-000000.tar", "count": 16}] for r in resolutions}
+
+
 def test_max_res_above_the_data(tmp_path, repo_root):
-    (tmp_path / "manifest.json").write_text(json.dumps({"resolutions": [4, 8, 16]}))
+    _write_manifest(tmp_path, _shards(4, 8, 16))
     with pytest.raises(ConfigError, match=r"^schedule.max_res: 32 is above the data's largest resolution \(16\)"):
         load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}"])
     cfg = load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}", "schedule.max_res=16"])
     assert cfg.data.path == str(tmp_path)
+
+
+@pytest.mark.parametrize("shards, fragment", [
+    ({}, "lists no shards: the data set holds no images"),
+    ({"4": [], "8": [], "16": []}, "lists no shards: the data set holds no images"),
+    ({**_shards(4, 8), "16": []}, "lists no shards at 16x16, which the schedule trains"),
+    (_shards(4, 16), "lists no shards at 8x8, which the schedule trains"),
+    ({**_shards(4, 8), "16": [{"path": "16/shard-000000.tar", "count": 0}]},
+     "shard {'path': '16/shard-000000.tar', 'count': 0} at 16x16 needs a path and a count >= 1"),
+    ({**_shards(4, 8), "16": [{"count": 3}]}, "at 16x16 needs a path and a count >= 1"),
+    ({**_shards(4, 8), "16": [{"path": "16/shard-000000.tar", "count": 15}]},
+     "has 15 images at 16x16; training needs at least 16 per process (the data stream's slots)"),
+])
+def test_data_without_images_at_a_trained_resolution_is_refused(tmp_path, repo_root, shards, fragment):
+    _write_manifest(tmp_path, shards)
+    with pytest.raises(ConfigError) as err:
+        load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}", "schedule.max_res=16"])
+    message = str(err.value)
+    assert message.startswith(f"data.path: {tmp_path / 'manifest.json'}") and fragment in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["", "{", "null", "[]", '{"shards": []}', '{"shards": {"x": []}}', '{"format": 1}'])
+def test_garbled_manifest_is_one_line(tmp_path, repo_root, text):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}"])
+    assert str(err.value).startswith(f"data.path: unreadable manifest {tmp_path / 'manifest.json'}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_only_the_trained_resolutions_need_shards(tmp_path, repo_root):
+    _write_manifest(tmp_path, {**_shards(8, 16), "4": []})
+    cfg = load_config(repo_root / "configs/demo.yaml",
+                      [f"data.path={tmp_path}", "schedule.start_res=8", "schedule.max_res=16"])
+    assert cfg.schedule.start_res == 8
 
 
 def test_unknown_section_in_yaml(tmp_path):

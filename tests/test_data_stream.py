@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import re
 import tarfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 import gan_hr.data as data
 from gan_hr.data import (
+    DataError,
     ShardInfo,
     ShardStream,
     load_manifest,
@@ -226,8 +228,34 @@ def test_corrupt_members_are_skipped_counted_and_resume_stays_exact(tmp_path, ca
 
 def test_all_corrupt_data_fails_loudly(tmp_path):
     shards = write_dataset(tmp_path, [3], bad={(0, i): b"junk" for i in range(3)})
-    with pytest.raises(RuntimeError, match="corrupt"):
+    with pytest.raises(DataError, match=f"more than 3 corrupt samples in a row at {RES}x{RES}"):
         take(shards, 1, batch_size=1, num_workers=0)
+
+
+def test_a_missing_shard_fails_when_the_loader_is_built(tmp_path):
+    write_dataset(tmp_path, [8, 8, 8])
+    (tmp_path / "8" / "shard-000001.tar").unlink()
+    with pytest.raises(DataError) as err:
+        make_loader(str(tmp_path), RES, 2, seed=0, num_workers=2)
+    assert str(err.value) == (f"shard {tmp_path}/8/shard-000001.tar is missing or unreadable "
+                              "(FileNotFoundError: No such file or directory)")
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory")  # pinning without a GPU
+@pytest.mark.parametrize("num_workers, pin_memory", [(0, False), (2, False), (2, True)])
+def test_a_shard_lost_mid_stream_is_one_line_and_stops_the_workers(tmp_path, num_workers, pin_memory):
+    """A shard deleted after the phase started: the error names it and, while it is still alive,
+    no worker is left (one left for exit would hang it: the workers ignore SIGTERM)."""
+    write_dataset(tmp_path, [8, 8, 8])  # at least one image per slot
+    loader = make_loader(str(tmp_path), RES, 2, seed=0, num_workers=num_workers, pin_memory=pin_memory)
+    for shard in (tmp_path / "8").iterdir():
+        shard.unlink()
+    with pytest.raises(DataError) as err:
+        next(iter(loader))
+    assert re.fullmatch(rf"shard {re.escape(str(tmp_path))}/8/shard-00000[0-2]\.tar is missing or unreadable "
+                        r"\(FileNotFoundError: No such file or directory\)", str(err.value)), str(err.value)
+    assert not multiprocessing.active_children()
 
 
 def test_same_seed_same_stream_other_seed_other_order(tmp_path):
