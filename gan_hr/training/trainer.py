@@ -187,7 +187,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainState:
-        """Train until max_steps, total_kimg, a stop signal or divergence; always checkpoints."""
+        """Train until max_steps, total_kimg, a stop signal or divergence, and checkpoint then; a data
+        or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints."""
         t = self.cfg.train
         bar = self._progress_bar(self.guard.total_images)
         batches: Iterator[dict[str, Any]] | None = None
