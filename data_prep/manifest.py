@@ -1,4 +1,5 @@
-"""manifest.json (the finished dataset) and the progress state of an unfinished run."""
+"""The progress state of an unfinished run, and the JSON helpers it and manifest.json share (the
+manifest's format itself is gan_hr.manifest, which every reader uses too)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_prep.shards import fsync_replace, shard_relpath
+from data_prep.shards import fsync_replace
 
-FORMAT = "gan_hr-shards"
-VERSION = 1
-MANIFEST = "manifest.json"
 # Written at the start of a run and after every finished shard; removed once the manifest exists.
 STATE = ".data_prep_state.json"
 
@@ -27,33 +25,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def build_manifest(*, src: str, seed: int, params: dict, resolutions: list[int],
-                   shard_counts: list[int], skipped: list[dict]) -> dict:
-    """The manifest for shards 0..len(shard_counts)-1 at every resolution.
-
-    It holds nothing that changes from run to run (no times, no worker count), so an identical
-    preparation writes an identical file.
-    """
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "num_images": sum(shard_counts),
-        "resolutions": resolutions,
-        "image_format": params["image_format"],
-        "shard_size": params["shard_size"],
-        "shards": {
-            str(res): [{"path": shard_relpath(res, i), "count": c}
-                       for i, c in enumerate(shard_counts)]
-            for res in resolutions
-        },
-        "skipped": skipped,
-        "source": src,
-        "seed": seed,
-        "filter": "lanczos to max_res, then 2x2 box mean per halving",
-        "params": params,
-    }
 
 
 def describe_difference(held: dict, wanted: dict) -> str:

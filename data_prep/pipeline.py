@@ -27,15 +27,8 @@ from data_prep.images import (
     load_square,
     pixel_limit,
 )
-from data_prep.manifest import (
-    MANIFEST,
-    STATE,
-    build_manifest,
-    describe_difference,
-    read_json,
-    write_json_atomic,
-)
-from data_prep.shards import ShardSetWriter, shard_relpath
+from data_prep.manifest import STATE, describe_difference, read_json, write_json_atomic
+from data_prep.shards import ShardSetWriter
 from data_prep.sources import (
     SYNTHETIC_PREFIX,
     SourceItem,
@@ -44,6 +37,7 @@ from data_prep.sources import (
     read_bytes,
 )
 from data_prep.synthetic import render_synthetic
+from gan_hr.manifest import MANIFEST, build_manifest, shard_relpath
 from gan_hr.resolutions import is_power_of_two
 
 # Bump when a change here changes the output bytes, so older prepared folders are not reused.

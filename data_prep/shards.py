@@ -8,9 +8,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def shard_relpath(res: int, index: int) -> str:
-    return f"{res}/shard-{index:06d}.tar"
+from gan_hr.manifest import shard_relpath
 
 
 def _tmp_path(final: Path) -> Path:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_prep.manifest import FORMAT, MANIFEST, VERSION, read_json
+from data_prep.manifest import read_json
 from data_prep.pipeline import default_workers
+from gan_hr.manifest import MANIFEST, manifest_problems
 
 # A badly broken shard would otherwise list every member; the first few say enough.
 _MAX_ERRORS_PER_SHARD = 20
@@ -68,14 +69,10 @@ def _check_shard(task: tuple[str, int, str]) -> tuple[list[str], list[str]]:
 
 
 def _manifest_problems(manifest: object) -> list[str]:
-    if not isinstance(manifest, dict):
-        return ["manifest.json is missing or not a JSON object"]
-    problems = []
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        problems.append(f"manifest format/version is not {FORMAT}/{VERSION}")
-    for name in ("num_images", "resolutions", "image_format", "shards", "skipped"):
-        if name not in manifest:
-            problems.append(f"manifest has no {name!r}")
+    """What keeps the manifest from being read, then whether it agrees with itself."""
+    if manifest is None:
+        return [f"{MANIFEST} is missing or not valid JSON"]
+    problems = [f"{MANIFEST} {problem}" for problem in manifest_problems(manifest)]
     if problems:
         return problems
     resolutions = manifest["resolutions"]

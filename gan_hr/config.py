@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import os
 import types
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from gan_hr.manifest import MANIFEST, ManifestError, image_counts, parse_manifest
 from gan_hr.resolutions import is_power_of_two, resolutions_between
 
 
@@ -407,31 +407,25 @@ def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
     # Object-storage URLs are read lazily; only local directories can be checked up front.
     if "://" in path or path.startswith("pipe:"):
         return
-    manifest = Path(path) / "manifest.json"
+    manifest = Path(path) / MANIFEST
     _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")
-    _check(manifest.is_file(), "data.path", f"no manifest.json in {path} (run python -m data_prep)")
+    _check(manifest.is_file(), "data.path", f"no {MANIFEST} in {path} (run python -m data_prep)")
     try:
-        shards = json.loads(manifest.read_text())["shards"]
-        listed = {int(res): entries for res, entries in shards.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"data.path: unreadable manifest {manifest}: {type(exc).__name__}: {exc}"
-                          .splitlines()[0]) from exc
-    _check(any(listed.values()), "data.path",
+        counts = image_counts(parse_manifest(manifest.read_bytes()))
+    except OSError as exc:
+        raise ConfigError(f"data.path: {manifest} is unreadable ({exc.strerror})") from exc
+    except ManifestError as exc:
+        raise ConfigError(f"data.path: {manifest} {exc}".splitlines()[0]) from exc
+    _check(any(counts.values()), "data.path",
            f"{manifest} lists no shards: the data set holds no images (see its \"skipped\")")
-    _check(max_res <= max(listed), "schedule.max_res",
-           f"{max_res} is above the data's largest resolution ({max(listed)}) in {path}")
+    _check(max_res <= max(counts), "schedule.max_res",
+           f"{max_res} is above the data's largest resolution ({max(counts)}) in {path}")
     for res in resolutions_between(start_res, max_res):
-        entries = listed.get(res)
-        _check(isinstance(entries, list) and entries != [], "data.path",
+        _check(counts.get(res, 0) > 0, "data.path",
                f"{manifest} lists no shards at {res}x{res}, which the schedule trains "
                f"(schedule.start_res {start_res} to schedule.max_res {max_res})")
-        for entry in entries:
-            usable = (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                      and type(entry.get("count")) is int and entry["count"] >= 1)
-            _check(usable, "data.path", f"{manifest}: shard {entry!r} at {res}x{res} needs a path and a count >= 1")
-        images = sum(entry["count"] for entry in entries)
-        _check(images >= SLOTS_PER_RANK, "data.path",
-               f"{manifest} has {images} images at {res}x{res}; training needs at least {SLOTS_PER_RANK} "
+        _check(counts[res] >= SLOTS_PER_RANK, "data.path",
+               f"{manifest} has {counts[res]} images at {res}x{res}; training needs at least {SLOTS_PER_RANK} "
                "per process (the data stream's slots)")
 
 

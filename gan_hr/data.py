@@ -32,7 +32,6 @@ opened, or a whole epoch of corrupt samples in a row, is a `DataError`: training
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import os
@@ -50,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode  # also loads torchvision's image ops
 
 from gan_hr.config import SLOTS_PER_RANK
+from gan_hr.manifest import MANIFEST, ManifestError, parse_manifest
 
 __all__ = [
     "DataError",
@@ -65,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 _IMAGE_EXTENSIONS = {"png", "jpg", "jpeg"}
 # The op under torchvision.io.decode_image (PNG or JPEG bytes -> uint8 CHW view of HWC pixels):
 # the Python wrapper costs ~4 us a call, 5% of decoding a 64² PNG.
@@ -141,11 +140,11 @@ def _read_bytes(url: str) -> bytes:
 
 
 def load_manifest(root: str) -> dict:
-    """Read ``{root}/manifest.json`` (`root` as in `data_url`) and check its format."""
-    manifest = json.loads(_read_bytes(data_url(root, MANIFEST)))
-    if manifest.get("format") != "gan_hr-shards" or manifest.get("version") != 1:
-        raise ValueError(f"{root!r} is not a gan_hr-shards v1 data set (run data_prep first)")
-    return manifest
+    """Read ``{root}/manifest.json`` (`root` as in `data_url`) and check it (ManifestError)."""
+    try:
+        return parse_manifest(_read_bytes(data_url(root, MANIFEST)))
+    except ManifestError as exc:
+        raise ManifestError(f"{data_url(root, MANIFEST)} {exc}") from None
 
 
 def resolution_shards(manifest: dict, root: str, resolution: int) -> list[ShardInfo]:

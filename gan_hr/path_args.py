@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from gan_hr.manifest import MANIFEST
 from gan_hr.training.run_dir import RunDir
 
 if TYPE_CHECKING:
     from gan_hr.config import Config
 
-_MANIFEST = "manifest.json"  # gan_hr.data.MANIFEST, without importing torch
 
 
 class PathArgError(ValueError):
@@ -48,8 +48,8 @@ def data_arg(value: str, arg: str = "--data") -> str:
         raise PathArgError(f"{arg}: no such directory: {value}")
     if not path.is_dir():
         raise PathArgError(f"{arg}: {value} is a file, not a data_prep directory")
-    if not (path / _MANIFEST).is_file():
-        raise PathArgError(f"{arg}: no {_MANIFEST} in {value} (run python -m data_prep)")
+    if not (path / MANIFEST).is_file():
+        raise PathArgError(f"{arg}: no {MANIFEST} in {value} (run python -m data_prep)")
     return value
 
 
@@ -63,7 +63,7 @@ def saved_data_root(cfg: Config) -> str:
     root = cfg.data_root()
     if not is_local(root):
         raise PathArgError(f"the checkpoint's {key} {value!r} is not a local directory; pass --data DIR")
-    if not (Path(root) / _MANIFEST).is_file():
+    if not (Path(root) / MANIFEST).is_file():
         raise PathArgError(f"the checkpoint's data {root!r} (from {key}) is not a data_prep directory here; "
                            "pass --data DIR")
     return str(Path(root).resolve())

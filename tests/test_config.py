@@ -86,7 +86,9 @@ def test_data_path_without_manifest(tmp_path, repo_root):
 
 
 def _write_manifest(root, shards: dict) -> None:
-    (root / "manifest.json").write_text(json.dumps({"format": "gan_hr-shards", "version": 1, "shards": shards}))
+    manifest = {"format": "gan_hr-shards", "version": 1, "num_images": 16, "resolutions": [int(r) for r in shards],
+                "image_format": "png", "shards": shards, "skipped": []}
+    (root / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _shards(*resolutions: int) -> dict:
@@ -107,8 +109,8 @@ def test_max_res_above_the_data(tmp_path, repo_root):
     ({**_shards(4, 8), "16": []}, "lists no shards at 16x16, which the schedule trains"),
     (_shards(4, 16), "lists no shards at 8x8, which the schedule trains"),
     ({**_shards(4, 8), "16": [{"path": "16/shard-000000.tar", "count": 0}]},
-     "shard {'path': '16/shard-000000.tar', 'count': 0} at 16x16 needs a path and a count >= 1"),
-    ({**_shards(4, 8), "16": [{"count": 3}]}, "at 16x16 needs a path and a count >= 1"),
+     "lists a shard at 16x16 without a path and a count >= 1"),
+    ({**_shards(4, 8), "16": [{"count": 3}]}, "lists a shard at 16x16 without a path and a count >= 1"),
     ({**_shards(4, 8), "16": [{"path": "16/shard-000000.tar", "count": 15}]},
      "has 15 images at 16x16; training needs at least 16 per process (the data stream's slots)"),
 ])
@@ -126,7 +128,7 @@ def test_garbled_manifest_is_one_line(tmp_path, repo_root, text):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(ConfigError) as err:
         load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}"])
-    assert str(err.value).startswith(f"data.path: unreadable manifest {tmp_path / 'manifest.json'}: ")
+    assert str(err.value).startswith(f"data.path: {tmp_path / 'manifest.json'} is not ")
     assert "\n" not in str(err.value)
 
 

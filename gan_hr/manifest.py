@@ -1,0 +1,99 @@
+"""manifest.json: the one description of a data set, written by data_prep and read by everything.
+
+A data set is one shard set per resolution (`<res>/shard-000000.tar`, ...) and this file, which
+lists them with their image counts, the inputs that were skipped and why, and how it was made.
+Shard i holds the same images at every resolution. The writer (`build_manifest`), the shard
+paths (`shard_relpath`) and the reader's checks (`manifest_problems`, `parse_manifest`) live here
+together, so data_prep, the trainer's config check, the data stream and `--verify` agree on one
+format. No torch here: the config and the command lines read manifests before torch loads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+FORMAT = "gan_hr-shards"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that is not a readable gan_hr-shards v1 description: the first problem, worded
+    to follow the manifest's path ("... is not valid JSON")."""
+
+
+def shard_relpath(res: int, index: int) -> str:
+    """Where shard `index` of resolution `res` lives, relative to the data set's root."""
+    return f"{res}/shard-{index:06d}.tar"
+
+
+def build_manifest(*, src: str, seed: int, params: dict, resolutions: list[int],
+                   shard_counts: list[int], skipped: list[dict]) -> dict:
+    """The manifest for shards 0..len(shard_counts)-1 at every resolution.
+
+    It holds nothing that changes from run to run (no times, no worker count), so an identical
+    preparation writes an identical file.
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_images": sum(shard_counts),
+        "resolutions": resolutions,
+        "image_format": params["image_format"],
+        "shard_size": params["shard_size"],
+        "shards": {
+            str(res): [{"path": shard_relpath(res, i), "count": c}
+                       for i, c in enumerate(shard_counts)]
+            for res in resolutions
+        },
+        "skipped": skipped,
+        "source": src,
+        "seed": seed,
+        "filter": "lanczos to max_res, then 2x2 box mean per halving",
+        "params": params,
+    }
+
+
+def _entry_ok(entry: object) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+            and type(entry.get("count")) is int and entry["count"] >= 1)
+
+
+def manifest_problems(manifest: object) -> list[str]:
+    """Everything that keeps a parsed manifest from being read, each worded to follow its path
+    (empty when it can be read): format,
+    version, the fields readers use, and a path and a count for every shard. Whether it agrees
+    with itself and with its shards is `data_prep --verify`'s question."""
+    if not isinstance(manifest, dict):
+        return ["is not a JSON object"]
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        return [f"is not a {FORMAT} v{VERSION} data set (run python -m data_prep)"]
+    problems = [f"has no {name!r}" for name in ("num_images", "resolutions", "image_format", "shards", "skipped")
+                if name not in manifest]
+    if problems:
+        return problems
+    shards, resolutions = manifest["shards"], manifest["resolutions"]
+    if not isinstance(shards, dict) or not isinstance(resolutions, list):
+        return ["needs 'shards' to map resolutions to lists and 'resolutions' to be a list"]
+    for res, entries in shards.items():
+        if not isinstance(entries, list) or not all(_entry_ok(e) for e in entries):
+            problems.append(f"lists a shard at {res}x{res} without a path and a count >= 1")
+    return problems
+
+
+def parse_manifest(data: str | bytes) -> dict[str, Any]:
+    """The manifest in `data`, checked; ManifestError names the first problem."""
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"is not valid JSON ({exc})") from exc
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ManifestError(problems[0])
+    return manifest
+
+
+def image_counts(manifest: dict[str, Any]) -> dict[int, int]:
+    """Images per resolution of a checked manifest."""
+    return {int(res): sum(s["count"] for s in entries) for res, entries in manifest["shards"].items()}
