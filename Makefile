@@ -1,11 +1,14 @@
 # The two set-up commands of the README: `make demo` and `make test`. Both install what is missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The registry's torch + torchvision pair: the machine's local CPU torch wheel has no matching
-# torchvision (../shared/SETUP.md), so pip must not see that folder.
+# The registry's torch + torchvision pair: a pip config's local CPU torch wheel has no matching
+# torchvision, so pip must not see that config (README.md, "Install details").
 PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VENV)/bin/pip
+# Every launch option given, so that Accelerate has nothing to guess or warn about. THREADS: the
+# CPU threads of the one training process (default: the CPUs this shell may use).
+THREADS ?= $(shell nproc)
 CPU_LAUNCH := ACCELERATE_USE_CPU=true $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 \
-	--mixed_precision no --dynamo_backend no
+	--mixed_precision no --dynamo_backend no --num_cpu_threads_per_process $(THREADS)
 
 .PHONY: setup demo test
 setup: $(VENV)/.installed

@@ -20,15 +20,26 @@ from data_prep.pipeline import run_prepare
 from data_prep.verify import verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_MAX_RES = 1024
+# The built-in set is for small runs (the demo trains at 32²): shapes at 1024² would only cost disk.
+SYNTHETIC_DEFAULT_MAX_RES = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep",
-        description="Turn a folder, a .zip or synthetic:N into per-resolution tar shards.")
-    p.add_argument("--src", help="folder of images (recursive), a .zip, or synthetic:N")
+        description="Turn a folder, a .zip or synthetic:N into per-resolution tar shards.",
+        epilog="examples:\n"
+               "  python -m data_prep --src CelebA-HQ-img --out data/celebahq --max-res 1024\n"
+               "  python -m data_prep --src synthetic:2048 --out data/synthetic/synthetic-2048-32 --shard-size 256\n"
+               "      (the demo's set, where its trainer looks: 2048 images, 32² down to 4²)\n"
+               "  python -m data_prep --verify data/celebahq",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", help="folder of images (recursive), a .zip, or synthetic:N (N generated images of "
+                                 "shapes, the built-in set)")
     p.add_argument("--out", help="output folder (manifest.json and <res>/shard-*.tar)")
-    p.add_argument("--max-res", type=int, default=1024, help="largest resolution (default 1024)")
+    p.add_argument("--max-res", type=int, default=None,
+                   help=f"largest resolution (default {DEFAULT_MAX_RES}; {SYNTHETIC_DEFAULT_MAX_RES} for synthetic:N)")
     p.add_argument("--min-res", type=int, default=4, help="smallest resolution (default 4)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     p.add_argument("--workers", type=int, default=None,
@@ -54,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prepare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if args.max_res is None:
+        args.max_res = SYNTHETIC_DEFAULT_MAX_RES if args.src.startswith("synthetic:") else DEFAULT_MAX_RES
     try:
         result = run_prepare(
             args.src, args.out, max_res=args.max_res, min_res=args.min_res,

@@ -23,8 +23,11 @@ training run that evaluates stays bit-exact on resume.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -45,7 +48,9 @@ from gan_hr.metrics.fid import no_gather
 from gan_hr.metrics.swd import (
     MIN_RESOLUTION as SWD_MIN_RESOLUTION,
     level_resolutions,
+    sliced_wasserstein_steps,
     swd_descriptors,
+    swd_floor_from_descriptors,
     swd_from_descriptors,
 )
 from gan_hr.sampling import latents_from_seeds, to_uint8
@@ -54,6 +59,7 @@ __all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir"]
 
 Gather = Callable[[Tensor], Tensor]
 SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
+SWD_DIRS, SWD_REPEATS = 512, 4  # and its projection directions
 
 
 def default_cache_dir(data_root: str) -> Path:
@@ -124,6 +130,13 @@ class _RealImages:
             self._cache_paths[key] = self.cache_dir / name
         return self._cache_paths[key]
 
+    def swd_floor_path(self, resolution: int) -> Path:
+        """The file for the real-vs-real SWD floor of these num_images at ``resolution``."""
+        identity = {"version": 1, "manifest": self.manifest, "resolution": resolution, "num_images": self.num_images,
+                    "seed": self.seed, "patches": SWD_PATCHES, "dirs": SWD_DIRS, "repeats": SWD_REPEATS}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"swd-floor-{resolution}px-{self.num_images}img-seed{self.seed}-{digest}.json"
+
 
 class Evaluator:
     """Metrics of generators against one data set; build once, call at each evaluation.
@@ -152,6 +165,7 @@ class Evaluator:
         world_size: int = 1,
         gather: Gather | None = None,
         progress: bool = False,
+        swd_floor: bool = False,
     ) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
@@ -174,6 +188,7 @@ class Evaluator:
         self.rank, self.world_size = rank, world_size
         self.gather = gather or no_gather
         self.progress = progress
+        self.swd_floor = swd_floor
         self.inception = InceptionFeatures(weights, device=self.device) if weights is not None else None
 
     def metrics_at(self, resolution: int) -> list[str]:
@@ -191,7 +206,9 @@ class Evaluator:
         truncation_cutoff: int | None = None,
     ) -> dict[str, float]:
         """``metrics`` (default: all configured) of ``G(z, resolution, alpha)``, as a flat dict:
-        ``swd_<res>`` and ``swd_mean`` (x 1e3), ``fid``, ``kid`` and ``kid_std``.
+        ``swd_<res>`` and ``swd_mean`` (x 1e3), ``fid``, ``kid`` and ``kid_std``; with
+        ``swd_floor=True`` also ``swd_floor_<res>`` and ``swd_floor_mean``, the SWD of the real
+        set's two halves against each other (cached per data set, resolution and image count).
 
         Generation runs on G's device, in eval mode (G's mode is restored after).
         """
@@ -240,12 +257,12 @@ class Evaluator:
             real_sinks.append(real_swd.add)
             fake_sinks.append(fake_swd.add)
         reads_reals = swd or (bool(inception_names) and not cached)
+        result: dict[str, float] = {}
         bar = tqdm(total=self.share * (2 if reads_reals else 1), desc=f"evaluate {resolution}²", unit="img",
                    disable=not self.progress, dynamic_ncols=True)
         with bar:
             reals = _tee(real_batches, real_sinks, bar)
             fakes = _tee(self._fake_batches(G, resolution, alpha, style_kwargs), fake_sinks, bar)
-            result: dict[str, float] = {}
             if inception_names:
                 result.update(inception_metrics(
                     reals, fakes, features=self.inception, metrics=inception_names, real_cache=real_cache,
@@ -257,10 +274,29 @@ class Evaluator:
                     pass
                 for _ in fakes:
                     pass
-                gather = self._gather_first(self.num_images * SWD_PATCHES)
-                result.update(swd_from_descriptors(real_swd.gathered(gather), fake_swd.gathered(gather), resolution,
-                                                   seed=self.seed, device=self.device))
+        if swd:
+            result.update(self._swd(resolution, real_swd, fake_swd))
         return result
+
+    def _swd(self, resolution: int, real_swd: _Descriptors, fake_swd: _Descriptors) -> dict[str, float]:
+        """The distances from the gathered descriptors (and the real-vs-real floor), with a
+        progress bar of their own: on a CPU they take longer than making the descriptors."""
+        gather = self._gather_first(self.num_images * SWD_PATCHES)
+        reals, fakes = real_swd.gathered(gather), fake_swd.gathered(gather)
+        floor_path = self.reals.swd_floor_path(resolution) if self.swd_floor else None
+        floor = _read_json(floor_path) if floor_path is not None else None
+        steps = len(reals) * sliced_wasserstein_steps(num_dirs=SWD_DIRS, repeats=SWD_REPEATS)
+        options = {"seed": self.seed, "num_dirs": SWD_DIRS, "repeats": SWD_REPEATS, "device": self.device}
+        bar = tqdm(total=steps * (2 if floor_path is not None and floor is None else 1), desc="swd distances",
+                   unit="slice", disable=not self.progress, dynamic_ncols=True)
+        with bar:
+            result = swd_from_descriptors(reals, fakes, resolution, progress=bar.update, **options)
+            if floor_path is not None and floor is None:
+                bar.set_description("swd floor, real vs real (cached after)")
+                floor = swd_floor_from_descriptors(reals, resolution, num_patches=SWD_PATCHES, progress=bar.update,
+                                                   **options)
+                _write_json(floor_path, floor)
+        return {**result, **(floor or {})}
 
     def _fake_batches(self, G: nn.Module, resolution: int, alpha: float, style_kwargs: Mapping) -> Iterator[Tensor]:
         device = next(G.parameters()).device
@@ -287,6 +323,26 @@ class Evaluator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: Path) -> dict[str, float] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent or unreadable: computed again
+
+
+def _write_json(path: Path, values: dict[str, float]) -> None:
+    """Atomically; a cache that cannot be written (read-only data) is only a cost, never an error.
+    Every process may write: the content is identical."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(values, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _chunks(total: int, size: int) -> Iterator[int]:

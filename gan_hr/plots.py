@@ -1,7 +1,8 @@
 """PNG plots of a run's metrics.jsonl against kimg, with the resolution phases marked.
 
 Whichever of these the log has data for: losses.png (loss_d, loss_g), regularization.png
-(gp or r1, drift), throughput.png (images/s), swd.png (swd_mean and each pyramid level), fid.png
+(gp or r1 on the left axis, the drift term E[D(real)²] on its own right axis: it is orders of
+magnitude larger and enters the loss times loss.drift), throughput.png (images/s), swd.png (swd_mean and each pyramid level), fid.png
 and kid.png (with kid_std as a band). Metric values logged during training and those appended
 by evaluate.py are drawn as separate series. Each resolution's stretch of training is a band
 labelled with its resolution. matplotlib's Agg renderer: no display needed.
@@ -26,12 +27,16 @@ Span = tuple[float, float, int]  # start kimg, end kimg, resolution
 # (file, title, y label, which keys): training-log panels take fixed keys, metric panels a prefix.
 PANELS: list[tuple[str, str, str, Callable[[str], bool]]] = [
     ("losses.png", "Losses", "loss", lambda k: k in ("loss_d", "loss_g")),
-    ("regularization.png", "Gradient penalty and drift", "value", lambda k: k in ("gp", "r1", "drift")),
+    ("regularization.png", "Gradient penalty and drift", "penalty (gp or r1)", lambda k: k in ("gp", "r1", "drift")),
     ("throughput.png", "Throughput", "images / s", lambda k: k == "images_per_s"),
     ("swd.png", "Sliced Wasserstein distance (x 1e3)", "SWD", lambda k: k.startswith("swd_")),
     ("fid.png", "FID", "FID", lambda k: k == "fid"),
     ("kid.png", "KID", "KID", lambda k: k == "kid"),
 ]
+# Keys drawn on a second y axis of their own when they share a panel, with its label: raw
+# E[D(real)²] is ~1e3 times the penalty's scale (it is weighted by loss.drift = 0.001), so on one
+# axis the penalty would be a flat line at zero.
+OWN_AXIS = {"drift": "drift E[D(real)²] (enters the loss × loss.drift)"}
 
 
 def _number(value: Any) -> float | None:
@@ -89,13 +94,22 @@ def plot_panel(records: list[Record], spans: list[Span], path: Path, title: str,
     fig = Figure(figsize=(8, 4.5), dpi=100)
     ax = fig.add_subplot()
     sources = {s for key in keys for s in _series(records, key)}
+    own = [k for k in keys if k in OWN_AXIS] if len(keys) > 1 else []
+    right = ax.twinx() if own else None
+    if right is not None:
+        right.set_ylabel(", ".join(OWN_AXIS[k] for k in own))
+    colors = iter(f"C{i}" for i in range(100))
     for key in keys:
+        target = right if key in own else ax
         for source, (xs, ys, rs) in _series(records, key).items():
             label = key if len(sources) == 1 else f"{key} ({source})"
+            if key in own:
+                label += " (right axis)"
             # Sparse points (metrics, short runs) need markers; dense training logs read better as lines.
             style = {"marker": "o", "markersize": 3} if len(xs) < 30 else {}
             thin = key.startswith("swd_") and key != "swd_mean"
-            line, = ax.plot(xs, ys, label=label, linewidth=0.8 if thin else 1.4, alpha=0.6 if thin else 1.0, **style)
+            line, = target.plot(xs, ys, label=label, linewidth=0.8 if thin else 1.4, alpha=0.6 if thin else 1.0,
+                                color=next(colors), **style)
             if key == "kid":
                 std = [_number(r.get("kid_std")) for r in rs]
                 if all(s is not None for s in std):
@@ -108,7 +122,11 @@ def plot_panel(records: list[Record], spans: list[Span], path: Path, title: str,
     ax.set_xlabel("kimg")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if right is not None:
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
 

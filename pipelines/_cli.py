@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def _parser(prog: str, default_config: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Train a GAN; key=value arguments override config keys.")
+def _parser(prog: str, default_config: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", default="none",
@@ -26,11 +27,14 @@ def _parser(prog: str, default_config: str) -> argparse.ArgumentParser:
                         "of a higher schedule.max_res start fresh, training starts at its resolution")
     p.add_argument("--init-optimizers", action="store_true",
                    help="with --init-from: also take its optimizer states (same networks only)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=200 model.name=stylegan")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides by dotted path, e.g. train.max_steps=200 schedule.batch_size=32")
     return p
 
 
-def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_resolution: bool = False) -> int:
+def run_training_cli(
+    argv: list[str], *, default_config: str, prog: str, description: str, single_resolution: bool = False
+) -> int:
     """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written), 3 the
     run stopped on a fault outside it, with the checkpoints written before intact: storage (disk
     full, read-only; `--resume auto` continues once it is fixed) or data (a shard missing or
@@ -38,14 +42,16 @@ def run_training_cli(argv: list[str], *, default_config: str, prog: str, single_
     loader worker stuck in a read cannot hold it (multiprocessing's handler would wait for the
     worker, which ignores SIGTERM, forever).
 
-    `single_resolution` is for the baselines: one resolution, no growing."""
+    `single_resolution` is for the baselines: one resolution, no growing. `description` is the
+    entry point's --help text."""
+    # Parsed before torch and accelerate are imported, so that --help answers at once.
+    args = _parser(prog, default_config, description).parse_intermixed_args(argv)
     from gan_hr.checkpoint import CheckpointWriteError
     from gan_hr.config import ConfigError, load_config
     from gan_hr.data import DataError
     from gan_hr.training.launch import LaunchError, run_training
     from gan_hr.training.trainer import TrainingDiverged
 
-    args = _parser(prog, default_config).parse_intermixed_args(argv)
     config = Path(args.config)
     if not config.is_file() and (ROOT / config).is_file():
         config = ROOT / config

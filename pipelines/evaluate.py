@@ -12,12 +12,18 @@ synthetic set the trainer prepared, at
 current directory as in training. That default must be a local data_prep directory: a saved
 pipe: command or URL is never run (checkpoints are shared), and --data is asked for instead.
 --num defaults to the config's train.metrics_num_images.
+
+SWD is printed with its floor beside it: the SWD of the real set's first half against its second
+half at the same settings (swd_floor_<res>, swd_floor_mean in the JSON), what no generator can be
+expected to beat with this many images. It is computed once per data set, resolution and --num
+and cached under --cache-dir.
 Truncation is off unless --truncation is given (StyleGAN only), as FID is usually reported.
 
 Real images are the first N of the data set's stream at the checkpoint's resolution; fakes come
 from seeds S .. S+N-1 (what generate.py --seed S writes). FID/KID need the standard Inception
 weights file (--inception-weights or $GAN_HR_INCEPTION_WEIGHTS); nothing is downloaded. Real
-image statistics for FID/KID are cached under --cache-dir (default <data>/.fid_cache).
+image statistics for FID/KID and the SWD floor are cached under --cache-dir (default
+<data>/.fid_cache).
 
 --append-metrics also appends the record, with "metric_source": "evaluate", to the run's
 metrics.jsonl (the run directory holding checkpoints/<checkpoint>). Exit codes: 0 done, 2 bad
@@ -34,14 +40,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from gan_hr.checkpoint import CheckpointError  # noqa: E402
-from gan_hr.evaluation import Evaluator  # noqa: E402
-from gan_hr.inference import load_generator  # noqa: E402
-from gan_hr.metrics import METRICS  # noqa: E402
-from gan_hr.path_args import checkpoint_arg, data_arg, out_dir_arg, saved_data_root  # noqa: E402
-from gan_hr.training.run_dir import MetricsLog, RunDir  # noqa: E402
+# torch and gan_hr are imported after the arguments are parsed, so that --help and usage errors
+# answer at once. The names match gan_hr.metrics.METRICS (tests/test_evaluate.py checks).
+METRIC_NAMES = ("fid", "kid", "swd")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint directory, a checkpoints/ folder or a run directory")
     p.add_argument("--data", default=None, help="data_prep output directory (default: the one the run trained on)")
-    p.add_argument("--metric", action="append", choices=sorted(METRICS), default=None,
+    p.add_argument("--metric", action="append", choices=METRIC_NAMES, default=None,
                    help="metric to compute; repeat for several (default swd)")
     p.add_argument("--num", type=int, default=None, help="real and fake images (default: train.metrics_num_images)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per generator forward (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the real stream and first latent seed")
     p.add_argument("--truncation", type=float, default=1.0, help="StyleGAN truncation psi (default 1: off)")
     p.add_argument("--inception-weights", default=None,
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the record (metric values and where they come from)."""
+    import torch
+
+    from gan_hr.evaluation import Evaluator
+    from gan_hr.inference import load_generator
+    from gan_hr.path_args import checkpoint_arg, data_arg, out_dir_arg, saved_data_root
+    from gan_hr.training.run_dir import MetricsLog, RunDir
+
     # Every path argument is checked before anything is loaded.
     data = data_arg(args.data) if args.data is not None else None
     cache_dir = out_dir_arg(args.cache_dir, "--cache-dir") if args.cache_dir is not None else None
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     evaluator = Evaluator(
         data, args.metric or ["swd"], num_images=num, batch_size=args.batch_size,
         seed=args.seed, device=device, inception_weights=args.inception_weights, cache_dir=cache_dir,
-        progress=True,
+        progress=True, swd_floor=True,
     )
     G = trained.generator.to(device)
     values = evaluator(G, trained.resolution, trained.alpha, truncation_psi=args.truncation)
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.num is not None and args.num < 2) or args.batch_size < 1:
         print("error: --num must be at least 2 and --batch-size positive", file=sys.stderr)
         return 2
+    from gan_hr.checkpoint import CheckpointError
+
     try:
         record = run(args)
     except CheckpointError as exc:
@@ -114,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "swd_floor_mean" in record:
+        # Beside the score, what the real set scores against itself (the JSON line below has both).
+        print(f"swd_mean {record['swd_mean']:.1f} (real vs real floor {record['swd_floor_mean']:.1f}: the first "
+              f"{record['num_images'] // 2} real images against the next {record['num_images'] // 2}; lower is better)",
+              file=sys.stderr)
     print(json.dumps(record))
     return 0
 

@@ -1,10 +1,13 @@
 """Images from a checkpoint's EMA generator: a grid, one PNG per sample, a style-mixing grid,
-an interpolation strip or a truncation sweep.
+an interpolation strip or a truncation sweep. Mixing, truncation and --truncation need a
+StyleGAN checkpoint; grids and interpolation work for every model.
 
-    python pipelines/generate.py --checkpoint P --out F.png [--num N] [--seed S] [--truncation PSI]
-    python pipelines/generate.py --checkpoint P --out samples/ --num 1000     # seed0000.png, ...
-    python pipelines/generate.py --checkpoint P --out mix.png --mode mixing --mix-layers coarse
-    python pipelines/generate.py --checkpoint P --out lerp.png --mode interpolation --seed 3 --seed-to 7
+examples:
+  python pipelines/generate.py --checkpoint P --out F.png [--num N] [--seed S] [--truncation PSI]
+  python pipelines/generate.py --checkpoint P --out samples/ --num 1000     # seed0000.png, ...
+  python pipelines/generate.py --checkpoint P --out mix.png --mode mixing --mix-layers coarse
+  python pipelines/generate.py --checkpoint P --out lerp.png --mode interpolation --seed 3 --seed-to 7
+  python pipelines/generate.py --checkpoint P --out psi.png --mode truncation  # prints the psi of each column
 
 Sample i is drawn from seed S + i alone (and StyleGAN's noise inputs are fixed), so the same
 seed gives the same image whatever --num or --batch-size is.
@@ -18,32 +21,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from gan_hr.checkpoint import CheckpointError  # noqa: E402
-from gan_hr.inference import TrainedGenerator, generate, load_generator  # noqa: E402
-from gan_hr.path_args import checkpoint_arg, image_file_arg, out_dir_arg  # noqa: E402
-from gan_hr.sampling import (  # noqa: E402
-    interpolate_latents,
-    interpolate_w,
-    latents_from_seeds,
-    save_grid,
-    style_mixing_grid,
-    to_uint8,
-    truncation_grid,
-)
-
+# torch and gan_hr are imported in run(), after the arguments are parsed, so that --help and
+# usage errors answer at once.
 MODES = ("grid", "mixing", "interpolation", "truncation")
+TRUNCATION_PSIS = (1.0, 0.85, 0.7, 0.5, 0.25, 0.0)  # the columns of --mode truncation, left to right
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory, a checkpoints/ folder or a run directory")
     p.add_argument("--out", required=True, help="F.png for one image; DIR/ (or an existing directory) for one PNG per sample")
-    p.add_argument("--mode", choices=MODES, default="grid")
+    p.add_argument("--mode", choices=MODES, default="grid",
+                   help="grid: --num samples (default); mixing: style-mixing grid (StyleGAN); interpolation: a "
+                        "strip from --seed to --seed-to; truncation: rows of samples at psi "
+                        + ", ".join(map(str, TRUNCATION_PSIS)) + " (StyleGAN)")
     p.add_argument("--num", type=int, default=16, help="samples (grid), columns (mixing) or rows (truncation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample i comes from seed S + i (default 0); the same seed always gives the same image")
     p.add_argument("--truncation", type=float, default=None,
                    help="StyleGAN truncation psi (default: the config's model.truncation_psi)")
     p.add_argument("--truncation-cutoff", type=int, default=None, help="layers truncated (default: the config's)")
@@ -52,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="mixing: coarse (4²-8²), middle (16²-32²), fine (64² up), or a range of w indices like 0-3")
     p.add_argument("--seed-to", type=int, default=None, help="interpolation: the end seed (default seed + 1)")
     p.add_argument("--steps", type=int, default=8, help="interpolation: images in the strip")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per generator forward (default 16); changes speed and memory, not the images")
     p.add_argument("--no-ema", action="store_true", help="use G instead of the EMA generator")
     return p
 
@@ -72,6 +68,21 @@ def mixing_layers(spec: str, num_ws: int) -> range:
 
 
 def run(args: argparse.Namespace) -> Path:
+    import torch
+    from PIL import Image
+
+    from gan_hr.inference import load_generator
+    from gan_hr.path_args import checkpoint_arg, image_file_arg, out_dir_arg
+    from gan_hr.sampling import (
+        interpolate_latents,
+        interpolate_w,
+        latents_from_seeds,
+        save_grid,
+        style_mixing_grid,
+        to_uint8,
+        truncation_grid,
+    )
+
     # Every path argument is checked before anything is loaded or written. A grid goes to one
     # PNG per sample when --out names a directory (an existing one, or one ending in /).
     per_sample = args.mode == "grid" and (args.out.endswith("/") or Path(args.out).is_dir())
@@ -117,16 +128,23 @@ def run(args: argparse.Namespace) -> Path:
                 images = _generate(trained, interpolate_latents(z0, z1, args.steps), args.batch_size, style_kwargs)
         save_grid(images, out, nrow=args.steps)
     else:
-        psis = [1.0, 0.85, 0.7, 0.5, 0.25, 0.0]
+        psis = list(TRUNCATION_PSIS)
         z = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
         with torch.no_grad():
             images = truncation_grid(G, z, psis, res, alpha, truncation_cutoff=args.truncation_cutoff,
                                      batch_size=args.batch_size)
         save_grid(images, out, nrow=len(psis))
+        print(f"columns, left to right: psi {' '.join(map(str, psis))}; rows: seeds {args.seed} .. "
+              f"{args.seed + args.num - 1}")
     return out
 
 
-def _generate(trained: TrainedGenerator, z: torch.Tensor, batch_size: int, style_kwargs: dict) -> torch.Tensor:
+def _generate(trained, z, batch_size: int, style_kwargs: dict):
+    """Images of latents ``z`` in batches, on the CPU."""
+    import torch
+
+    from gan_hr.inference import generate
+
     device = next(trained.generator.parameters()).device
     chunks = [generate(trained, chunk.to(device), **style_kwargs).float().cpu() for chunk in z.split(batch_size)]
     return torch.cat(chunks)
@@ -137,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.num < 1 or args.steps < 2 or args.batch_size < 1:
         print("error: --num and --batch-size must be positive, --steps at least 2", file=sys.stderr)
         return 2
+    from gan_hr.checkpoint import CheckpointError
+
     try:
         out = run(args)
     except CheckpointError as exc:

@@ -1,10 +1,18 @@
-"""Train a fixed-resolution baseline (DCGAN, or LSGAN with loss.name=lsgan) on the same trainer,
-data, tracking, checkpoints and launch paths as the progressive models.
+"""Train a fixed-resolution baseline, DCGAN (or LSGAN: loss.name=lsgan, as
+configs/lsgan_celebahq64.yaml does), with the same trainer, data, tracking, checkpoints, resume
+and launch paths as the progressive models: one resolution, no growing. With no arguments it
+trains configs/dcgan_demo.yaml, a narrow DCGAN at 64² on the built-in synthetic set (prepared on
+first use). key=value arguments override any config key by its dotted path.
 
-    accelerate launch pipelines/train_baseline.py [--config configs/dcgan_celebahq64.yaml]
-        [--run-dir D] [--resume auto|none|PATH] [key=value ...]
+examples:
+  accelerate launch --config_file configs/accelerate/cpu.yaml pipelines/train_baseline.py
+  accelerate launch --config_file configs/accelerate/cpu.yaml pipelines/train_baseline.py \\
+      loss.name=lsgan train.max_steps=200
+  accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes 8 \\
+      pipelines/train_baseline.py --config configs/dcgan_celebahq64.yaml data.path=data/celebahq
 
-With no arguments: a small DCGAN at 64² on the built-in synthetic set (configs/dcgan_demo.yaml).
+Exit codes: 0 done (or stopped by a signal, with a checkpoint), 1 training diverged, 2 a bad
+config, path or launch (nothing written), 3 a storage fault.
 """
 
 from __future__ import annotations
@@ -18,4 +26,4 @@ from pipelines._cli import run_training_cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_training_cli(sys.argv[1:], default_config="configs/dcgan_demo.yaml", prog="train_baseline.py",
-                              single_resolution=True))
+                              single_resolution=True, description=__doc__))

@@ -24,6 +24,7 @@ from gan_hr.evaluation import Evaluator
 from gan_hr.inference import load_generator
 from gan_hr.metrics import compute_swd
 from gan_hr.metrics.fid import INCEPTION_WEIGHTS_ENV
+from gan_hr.metrics.swd import swd_descriptors, swd_floor_from_descriptors
 from gan_hr.path_args import PathArgError, saved_data_root
 from gan_hr.models import build_generator
 from gan_hr.plots import resolution_spans
@@ -175,14 +176,18 @@ def _json_lines(text: str) -> list[dict]:
 @pytest.mark.slow
 def test_cli_prints_one_json_line_and_appends_it(run, synthetic_data, capsys):
     assert evaluate.main(["--checkpoint", str(run), "--metric", "swd", "--num", "16", "--append-metrics"]) == 0
-    out = capsys.readouterr().out
-    (record,) = _json_lines(out)
+    captured = capsys.readouterr()
+    (record,) = _json_lines(captured.out)
     assert record["step"] == 28 and record["resolution"] == 16 and record["alpha"] == 0.375
+    # Every phase shows progress, and the score is printed beside its real-vs-real floor.
+    assert "evaluate 16²" in captured.err and "swd distances" in captured.err
+    assert f"swd_mean {record['swd_mean']:.1f} (real vs real floor {record['swd_floor_mean']:.1f}" in captured.err
     assert record["num_images"] == 16 and record["metric_source"] == "evaluate"
     trained = load_generator(run)
     # --data defaults to the data the run trained on. (Approximate: the CLI runs on a GPU if any.)
     expected = Evaluator(str(synthetic_data), ["swd"], num_images=16)(trained.generator, 16, 0.375)
     assert {k: record[k] for k in ("swd_16", "swd_mean")} == pytest.approx(expected, rel=1e-2)
+    assert 0 < record["swd_floor_mean"] == record["swd_floor_16"]
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert logged == record
 
@@ -357,3 +362,30 @@ def test_training_lowers_the_swd_of_the_ema_generator(tmp_path, synthetic_data):
     # Measured here: 246.8 -> 99.5 (ratio 0.40, 2.5x lower); train.seed 1-6 gave ratios 0.34-0.42.
     # A generator that has not learnt stays near 1 (0.9-1.2 before the 16² block learns).
     assert after < 0.5 * before, (before, after)
+
+
+def test_swd_floor_is_the_real_halves_at_the_same_settings_and_is_cached(synthetic_data, tmp_path, monkeypatch):
+    G = tiny_generator("progan")
+    options = {"num_images": 20, "batch_size": 8, "seed": 3, "cache_dir": tmp_path}
+    plain = Evaluator(str(synthetic_data), ["swd"], **options)(G, 32, 1.0)
+    got = Evaluator(str(synthetic_data), ["swd"], swd_floor=True, **options)(G, 32, 1.0)
+    # Real descriptors as the evaluator draws them: one position stream over all 20 images.
+    reals = swd_descriptors(first_reals(synthetic_data, 20, resolution=32, seed=3), num_patches=128,
+                            generator=torch.Generator().manual_seed(3))
+    expected = swd_floor_from_descriptors(reals, 32, seed=3)
+    assert got == {**plain, **expected}
+    assert set(expected) == {"swd_floor_32", "swd_floor_16", "swd_floor_mean"} and 0 < expected["swd_floor_mean"]
+    (cache,) = tmp_path.glob("swd-floor-32px-20img-seed3-*.json")
+    assert json.loads(cache.read_text()) == expected
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the cached floor was computed again")
+
+    monkeypatch.setattr(evaluation, "swd_floor_from_descriptors", not_again)
+    assert Evaluator(str(synthetic_data), ["swd"], swd_floor=True, **options)(G, 32, 1.0) == got
+
+
+def test_cli_metric_names_are_the_library_s():
+    from gan_hr.metrics import METRICS
+
+    assert evaluate.METRIC_NAMES == tuple(sorted(METRICS))

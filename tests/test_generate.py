@@ -53,7 +53,7 @@ def test_truncation_zero_gives_the_average_face(runs, tmp_path):
     assert all(np.array_equal(images[0], im) for im in images[1:])
 
 
-def test_mixing_interpolation_and_truncation_sweep(runs, tmp_path):
+def test_mixing_interpolation_and_truncation_sweep(runs, tmp_path, capsys):
     ck = str(runs / "stylegan")
     assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "m.png"), "--mode", "mixing", "--num", "4",
                           "--rows", "2", "--mix-layers", "0-1"]) == 0
@@ -66,6 +66,8 @@ def test_mixing_interpolation_and_truncation_sweep(runs, tmp_path):
     assert not np.array_equal(tiles[0], tiles[-1])
     assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "s.png"), "--mode", "truncation",
                           "--num", "2"]) == 0
+    # The sweep's psi values are said, column by column.
+    assert "columns, left to right: psi 1.0 0.85 0.7 0.5 0.25 0.0; rows: seeds 0 .. 1" in capsys.readouterr().out
 
 
 def test_progan_grid_and_interpolation(runs, tmp_path):

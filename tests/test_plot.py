@@ -117,3 +117,21 @@ def test_wrong_kind_of_path_is_one_line(args, message, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines() == [f"error: {message.format(tmp=tmp_path)}"]
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_drift_has_an_axis_of_its_own(tmp_path, monkeypatch):
+    """Raw E[D(real)²] is ~1e3 times the penalty: on one axis the penalty is a flat line at zero."""
+    from matplotlib.figure import Figure
+
+    import gan_hr.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    records = [{**r, "drift": 1000.0 * r["step"]} for r in training_records()]
+    plots.plot_run(write_run(tmp_path / "run", records), tmp_path / "plots")
+    (regularization,) = [f for f in figures if f.axes[0].get_title() == "Gradient penalty and drift"]
+    left, right = regularization.axes
+    assert [line.get_label() for line in left.get_lines() if not line.get_label().startswith("_")] == ["gp"]
+    assert [line.get_label() for line in right.get_lines()] == ["drift (right axis)"]
+    assert "loss.drift" in right.get_ylabel() and left.get_ylim()[1] < 10
+    assert_png(tmp_path / "plots" / "regularization.png")

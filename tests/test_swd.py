@@ -16,7 +16,10 @@ from gan_hr.metrics.swd import (
     level_resolutions,
     normalize_descriptors,
     sliced_wasserstein,
+    sliced_wasserstein_steps,
     swd_descriptors,
+    swd_floor_from_descriptors,
+    swd_from_descriptors,
 )
 from gan_hr.sampling import to_uint8
 
@@ -195,3 +198,14 @@ def test_paper_defaults_run_on_a_small_set() -> None:
 def test_rejects_bad_inputs(images: torch.Tensor, other: torch.Tensor | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_swd(images, images if other is None else other, **FAST)
+
+
+def test_floor_is_the_two_halves_and_progress_counts_every_slice(real: torch.Tensor) -> None:
+    per_level = swd_descriptors(real, num_patches=8, generator=torch.Generator().manual_seed(0))
+    half = real.shape[0] // 2 * 8
+    calls = []
+    floor = swd_floor_from_descriptors(per_level, real.shape[-1], num_patches=8, progress=calls.append, **FAST)
+    direct = swd_from_descriptors([d[:half] for d in per_level], [d[half:2 * half] for d in per_level],
+                                  real.shape[-1], **FAST)
+    assert floor == {k.replace("swd_", "swd_floor_"): v for k, v in direct.items()}
+    assert len(calls) == len(per_level) * sliced_wasserstein_steps(**FAST)
