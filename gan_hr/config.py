@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from gan_hr.manifest import MANIFEST, ManifestError, image_counts, parse_manifest
+from gan_hr.manifest import MANIFEST, ManifestError, image_counts, parse_manifest, remote_template
 from gan_hr.resolutions import is_power_of_two, resolutions_between
 
 
@@ -406,6 +406,10 @@ def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
     No shard is opened (each phase checks its own when it starts, gan_hr.data)."""
     # Object-storage URLs are read lazily; only local directories can be checked up front.
     if "://" in path or path.startswith("pipe:"):
+        try:
+            remote_template(path)  # where the manifest's paths go in it
+        except ValueError as exc:
+            raise ConfigError(f"data.path: {exc}") from None
         return
     manifest = Path(path) / MANIFEST
     _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")

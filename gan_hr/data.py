@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode  # also loads torchvision's image ops
 
 from gan_hr.config import SLOTS_PER_RANK
-from gan_hr.manifest import MANIFEST, ManifestError, parse_manifest
+from gan_hr.manifest import MANIFEST, ManifestError, parse_manifest, remote_template
 
 __all__ = [
     "DataError",
@@ -105,17 +105,15 @@ def data_url(root: str, path: str) -> str:
     """Where `path` (relative to a data set root) lives.
 
     `root` is a local directory, a URL webdataset's gopen opens (``file://``, ``http(s)://``, ...),
-    or a ``pipe:`` command template in which ``{path}`` is replaced by the relative path, e.g.
-    ``pipe:aws s3 cp s3://bucket/celebahq/{path} -``.
+    or a ``pipe:`` command: its ``{path}`` is replaced by the relative path
+    (``pipe:aws s3 cp s3://bucket/celebahq/{path} -``), or without one the path follows its last
+    word that ends in ``/`` (``pipe:aws s3 cp s3://bucket/celebahq/ -``); see
+    `gan_hr.manifest.remote_template`.
     """
     if not _SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
         raise ValueError(f"unsafe path in data set {root!r}: {path!r}")
-    if root.startswith("pipe:"):
-        if "{path}" not in root:
-            raise ValueError(f"a pipe: data root needs a {{path}} placeholder: {root!r}")
-        return root.replace("{path}", path)
-    if urlparse(root).scheme:
-        return root.rstrip("/") + "/" + path
+    if root.startswith("pipe:") or urlparse(root).scheme:
+        return remote_template(root).replace("{path}", path)
     return os.path.join(root, path)
 
 

@@ -11,6 +11,7 @@ format. No torch here: the config and the command lines read manifests before to
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 FORMAT = "gan_hr-shards"
@@ -26,6 +27,46 @@ class ManifestError(ValueError):
 def shard_relpath(res: int, index: int) -> str:
     """Where shard `index` of resolution `res` lives, relative to the data set's root."""
     return f"{res}/shard-{index:06d}.tar"
+
+
+# A webdataset shard list ("shard-{000000..000099}.tar", "{a,b}.tar"), not a root.
+_BRACE_LIST = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
+_PATH = "{path}"
+
+
+def remote_template(root: str) -> str:
+    """A ``pipe:`` or URL data root as a template with ``{path}`` where a path relative to the
+    root goes (ValueError, one line, when that cannot be told).
+
+    A ``pipe:`` root either holds ``{path}`` or gets the path after its last whitespace-separated
+    word that ends in ``/`` (``pipe:aws s3 cp s3://b/celebahq/ -`` reads
+    ``pipe:aws s3 cp s3://b/celebahq/64/shard-000000.tar -``); a URL gets ``/path`` appended. A
+    brace-expanded shard list is refused with the root form to write instead: a data set is a
+    root whose manifest.json lists the shards and their image counts.
+    """
+    brace = _BRACE_LIST.search(root)
+    if brace:
+        word = next(m for m in re.finditer(r"\S+", root) if m.start() <= brace.start() < m.end())
+        parent = word.group()[: word.group().rfind("/", 0, brace.start() - word.start()) + 1]
+        # ".../celebahq/64/shard-{...}.tar": the root is above the resolution's folder.
+        parent = re.sub(r"(?<=/)\d+/$", "", parent) or "DIR/"
+        path = _PATH if root.startswith("pipe:") else ""  # a URL root takes paths after its "/"
+        example = root[: word.start()] + parent + path + root[word.end():]
+        raise ValueError(
+            f"{root!r} is a brace-expanded shard list, but a gan_hr data set is a root whose "
+            f"{MANIFEST} lists the shards (python -m data_prep writes it): write {example!r}"
+        )
+    if not root.startswith("pipe:"):
+        return root.rstrip("/") + "/" + _PATH
+    if _PATH in root:
+        return root
+    ends = [m.end() for m in re.finditer(r"\S+", root) if m.group().endswith("/")]
+    if not ends:
+        raise ValueError(
+            f"cannot tell where the data set's paths go in {root!r}: end the root's directory "
+            f"with '/' or mark the place with {_PATH}, e.g. 'pipe:aws s3 cp s3://bucket/celebahq/{_PATH} -'"
+        )
+    return root[: ends[-1]] + _PATH + root[ends[-1]:]
 
 
 def build_manifest(*, src: str, seed: int, params: dict, resolutions: list[int],

@@ -18,10 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import gan_hr.data as data
+from gan_hr.config import ConfigError, load_config
 from gan_hr.data import (
     DataError,
     ShardInfo,
     ShardStream,
+    data_url,
     load_manifest,
     make_loader,
     resolution_shards,
@@ -285,6 +287,9 @@ def test_make_loader_reads_local_and_pipe_roots(tmp_path):
     local = list(itertools.islice(make_loader(str(tmp_path), RES, 2, seed=0, num_workers=2), 4))
     piped = make_loader(f"pipe:cat {tmp_path}/{{path}}", RES, 2, seed=0, num_workers=2)
     assert_same_batches(local, list(itertools.islice(piped, 4)))
+    # Without {path}, the path follows the last word that ends in "/".
+    appended = make_loader(f"pipe:cat {tmp_path}/", RES, 2, seed=0, num_workers=2)
+    assert_same_batches(local, list(itertools.islice(appended, 4)))
     assert shards[0].url == str(tmp_path / "8" / "shard-000000.tar")
     with pytest.raises(ValueError, match="no resolution"):
         make_loader(str(tmp_path), 16, 2, seed=0)
@@ -350,3 +355,28 @@ def test_reads_data_prep_output(tmp_path):
         assert per_res[res][0]["image"].shape == (1, 3, res, res)
     # Shard i holds the same images at every resolution, so every resolution sees one order.
     assert keys_of(per_res[4]) == keys_of(per_res[8])
+
+
+def test_a_pipe_root_says_where_its_paths_go():
+    assert data_url("pipe:aws s3 cp s3://b/celebahq/ -", "64/shard-000000.tar") == (
+        "pipe:aws s3 cp s3://b/celebahq/64/shard-000000.tar -")
+    # A webdataset shard list is answered with the root to write, in one line.
+    with pytest.raises(ValueError) as err:
+        load_manifest("pipe:aws s3 cp s3://b/celebahq/64/shard-{000000..000099}.tar -")
+    assert "\n" not in str(err.value)
+    assert str(err.value).endswith(
+        "is a brace-expanded shard list, but a gan_hr data set is a root whose manifest.json "
+        "lists the shards (python -m data_prep writes it): write 'pipe:aws s3 cp s3://b/celebahq/{path} -'")
+    with pytest.raises(ValueError, match="brace-expanded.*write 'https://h/celebahq/'$"):
+        data_url("https://h/celebahq/64/shard-{000000..000009}.tar", "manifest.json")
+    with pytest.raises(ValueError, match=r"cannot tell where .* 'pipe:aws s3 cp s3://bucket/celebahq/\{path\} -'$"):
+        data_url("pipe:cat data", "manifest.json")
+
+
+@pytest.mark.parametrize("root, says", [
+    ("pipe:cat data", "cannot tell where"),
+    ("pipe:cat /d/64/shard-{000000..000003}.tar", "brace-expanded shard list"),
+])
+def test_the_config_refuses_a_pipe_root_it_cannot_place_paths_in(repo_root, root, says):
+    with pytest.raises(ConfigError, match=f"^data.path: .*{says}"):
+        load_config(repo_root / "configs/demo.yaml", [f"data.path={root}"])
