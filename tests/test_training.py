@@ -39,7 +39,7 @@ def test_demo_grows_and_writes_the_run_directory(tmp_path, synthetic_data):
     fading = [r["alpha"] for r in records if r["resolution"] == 8]
     assert fading == sorted(fading) and 0 <= fading[0] < fading[-1] < 1
     samples = sorted(p.name for p in (run / "samples").iterdir())
-    assert "step00000000-res4.png" in samples and "step00000008-res4.png" in samples
+    assert "step-00000000-res4.png" in samples and "step-00000008-res4.png" in samples
     assert any(name.endswith("res8.png") for name in samples)
     kinds = {meta(c)["kind"] for c in checkpoints(run)}
     assert kinds == {"phase_end", "final"}

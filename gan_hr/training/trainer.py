@@ -398,7 +398,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         alpha = phase.alpha(self.state.images_seen)
-        path = self.run_dir.samples / f"step{self.state.step:08d}-res{phase.resolution}.png"
+        path = self.run_dir.samples / f"step-{self.state.step:08d}-res{phase.resolution}.png"
         G = self.G_ema
         kwargs = {"noise_mode": "const"} if getattr(G, "supports_style", False) else {}
         with torch.no_grad():
