@@ -6,7 +6,6 @@ import argparse
 import errno
 import os
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,19 +82,4 @@ def run_training_cli(
         print(f"error: cannot write {exc.filename or 'the run directory'}: {exc.strerror}; the run stopped and "
               "its checkpoints are intact: fix this, then continue with --resume auto", file=sys.stderr)
         return 3
-    if os.environ.get("RANK", "0") == "0":
-        _write_plots(run.root)
     return 0
-
-
-def _write_plots(run_dir: Path) -> None:
-    """Plots of the run's metrics; a plotting problem is reported, never a failed run."""
-    from gan_hr.plots import plot_run
-
-    try:
-        written = plot_run(run_dir)
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"no plots written: {exc}", stacklevel=2)
-        return
-    if written:
-        print(f"plots in {written[0].parent}")

@@ -146,7 +146,7 @@ def test_divergence_stops_with_a_checkpoint(tmp_path, synthetic_data):
 
 
 def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path, synthetic_data):
-    from wandb_reader import history, run_id
+    from wandb_reader import history, read_records, run_id
 
     run = tmp_path / "run"
     common = ["tracking.backend=wandb", "train.log_every_steps=2", "train.sample_every_kimg=0.032"]
@@ -157,13 +157,24 @@ def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path, synthetic_data):
     saved_id = meta(checkpoints(run)[-1])["state"]["wandb_run_id"]
     assert {run_id(f) for f in files} == {saved_id}
     rows = [row for f in files for row in history(f)]
-    logged = {row["_step"]: row for row in rows if "loss_d" in row}
+    logged = {row["_step"]: row for row in rows if "loss/loss_d" in row}
     assert sorted(logged) == [2, 4, 6, 8, 10]
     for step, row in logged.items():
         record = next(r for r in metrics(run) if r["step"] == step)
-        assert row["loss_d"] == pytest.approx(record["loss_d"])
-        assert row["resolution"] == record["resolution"] and "images_per_s" in row and "gp" in row
-    assert any(row.get("samples/_type") == "images/separated" for row in rows)
+        assert row["loss/loss_d"] == pytest.approx(record["loss_d"])
+        assert row["progress/kimg"] == pytest.approx(record["kimg"])
+        assert row["progress/resolution"] == record["resolution"]
+        assert {"perf/images_per_s", "reg/gp", "guard/nan_skipped"} <= set(row)
+        assert not any("/" not in key for key in row if not key.startswith("_")), row  # grouped, none flat
+    assert any(row.get("samples/grid/_type") == "images/separated" for row in rows)
+    # Charts are over kimg, in every run file (each start defines it).
+    for f in files:
+        defined = {(r.metric.name, r.metric.glob_name, r.metric.step_metric)
+                   for r in read_records(f) if r.WhichOneof("record_type") == "metric"}
+        assert ("", "*", "progress/kimg") in defined, defined
+    # The plots written after training are logged too, by the run that wrote them.
+    plotted = {key.split("/")[1] for row in history(files[-1]) for key in row if key.startswith("plots/")}
+    assert plotted >= {"losses", "regularization", "throughput"}, plotted
 
 
 def test_metrics_during_training_are_logged_and_keep_resume_exact(tmp_path, synthetic_data):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,8 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     try:
         trainer.train()
         exit_code = 0
+        if acc.is_main_process:
+            tracking.log_plots(_write_plots(run.root))  # before the W&B run closes
         return run
     finally:
         tracking.finish(exit_code)
@@ -213,3 +216,17 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
             torch.distributed.destroy_process_group()
         if lock is not None:
             lock.release()
+
+
+def _write_plots(run_dir: Path) -> list[Path]:
+    """Plots of the run's metrics; a plotting problem is reported, never a failed run."""
+    from gan_hr.plots import plot_run
+
+    try:
+        written = plot_run(run_dir)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"no plots written: {exc}", stacklevel=2)
+        return []
+    if written:
+        print(f"plots in {written[0].parent}")
+    return written

@@ -5,10 +5,14 @@ cannot reach within `tracking.init_timeout_s`), the run logs offline into the ru
 one warning line saying how to upload it later (`wandb sync`). The run id comes from run.json, so
 every restart continues the same W&B run; a warm-started run records its parent in the config.
 The run is finished with the process's exit code, so a diverged run shows as failed.
+
+W&B's keys are grouped into sections (`wandb_keys`: loss/, reg/, perf/, progress/, guard/,
+metrics/, samples/, plots/) and plotted against `progress/kimg`; metrics.jsonl keeps its flat keys.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
@@ -18,11 +22,40 @@ from gan_hr.training.resume import warn
 from gan_hr.training.run_dir import RunDir
 
 
+# metrics.jsonl key -> W&B section; a prefix ending in "_" groups every key that starts with it.
+_SECTIONS = {
+    "loss": ("loss_d", "loss_g", "score_"),
+    "reg": ("gp", "r1", "drift"),
+    "perf": ("images_per_s", "sec_per_kimg", "data_wait_frac", "peak_mem_mb"),
+    "progress": ("kimg", "resolution", "alpha", "phase", "batch_size", "lr"),
+    "guard": ("nan_skipped", "corrupt_skipped"),
+    "metrics": ("swd_", "fid", "kid", "kid_", "metric_error"),
+}
+_NOT_LOGGED = ("step", "metric_source")  # the step is W&B's own; the source is always "training" here
+
+
+def _section(key: str) -> str:
+    for section, keys in _SECTIONS.items():
+        if any(key == k or (k.endswith("_") and key.startswith(k)) for k in keys):
+            return section
+    return "other"
+
+
+def wandb_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl record as W&B logs it: `kimg` -> `progress/kimg`, `loss_d` -> `loss/loss_d`, ..."""
+    return {f"{_section(k)}/{k}": v for k, v in record.items() if k not in _NOT_LOGGED}
+
+
 class Tracking:
     """The W&B run of this process (main process only; a no-op elsewhere or without W&B)."""
 
     def __init__(self, acc: Accelerator) -> None:
         self.acc = acc
+
+    def log_plots(self, paths: list[Path]) -> None:
+        """Log the run's plots (plots/*.png) as `plots/<name>` images."""
+        for tracker in [t for t in self.acc.trackers if t.name == "wandb"]:
+            tracker.log_images({f"plots/{p.stem}": [str(p)] for p in paths})
 
     def finish(self, exit_code: int) -> None:
         """Close the W&B run with the run's exit code (Accelerate's own finish passes none)."""
@@ -54,4 +87,8 @@ def start_tracking(acc: Accelerator, cfg: Config, run: RunDir, record: dict[str,
              f"{run.root / 'wandb'}: upload it later with `wandb sync {run.root / 'wandb'}/offline-run-*`")
         acc.init_trackers(cfg.tracking.project, config=config,
                           init_kwargs={"wandb": {**kwargs, "mode": "offline", "settings": wandb.Settings(**settings)}})
+    # Charts over images seen, which is what the schedule and resume count in (steps vary with batch).
+    run = acc.get_tracker("wandb", unwrap=True)
+    run.define_metric("progress/kimg")
+    run.define_metric("*", step_metric="progress/kimg")
     return Tracking(acc)

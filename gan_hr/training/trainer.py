@@ -34,6 +34,7 @@ from gan_hr.training.grad_sync import average_buffers
 from gan_hr.training.guard import StopGuard, apply_gradients
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
+from gan_hr.training.tracking import wandb_keys
 
 
 class TrainingDiverged(RuntimeError):
@@ -364,7 +365,7 @@ class Trainer:
         })
         if self.acc.is_main_process:
             self.log.append(record)
-            self.acc.log({k: v for k, v in record.items() if k != "step"}, step=self.state.step)
+            self.acc.log(wandb_keys(record), step=self.state.step)
             bar.set_postfix(res=phase.resolution, alpha=f"{record['alpha']:.2f}", kimg=f"{record['kimg']:.1f}",
                             img_s=f"{record['images_per_s']:.1f}")
         self._totals.clear()
@@ -387,7 +388,7 @@ class Trainer:
             warnings.warn(f"metrics at step {self.state.step} failed: {record['metric_error']}", stacklevel=2)
         if self.acc.is_main_process:
             self.log.append(record)
-            self.acc.log({k: v for k, v in record.items() if k not in ("step", "metric_source")}, step=self.state.step)
+            self.acc.log(wandb_keys(record), step=self.state.step)
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -405,7 +406,7 @@ class Trainer:
             images = G(self.sample_z.to(self.device), phase.resolution, alpha, **kwargs)
         grid = save_grid(images.float().cpu(), path)
         if self.cfg.tracking.backend == "wandb":
-            self.acc.get_tracker("wandb").log_images({"samples": [grid]}, step=self.state.step)
+            self.acc.get_tracker("wandb").log_images({"samples/grid": [grid]}, step=self.state.step)
 
     def _checkpoint(self, kind: str) -> None:
         self.guard.sync()  # the saved counters are this step's
