@@ -408,6 +408,19 @@ def test_wandb_that_cannot_start_online_falls_back_to_offline(tmp_path, syntheti
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
 
 
+def test_wandb_under_two_processes_logs_once(tmp_path, synthetic_data):
+    """The W&B run lives on the main process alone; the other rank must not touch it."""
+    from wandb_reader import run_id as file_run_id
+
+    run = tmp_path / "run"
+    proc = subprocess.run(accelerate_launch(run, synthetic_data, "train.max_steps=2", "tracking.backend=wandb",
+                                            port=free_port()), cwd=ROOT, env=cpu_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [file] = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    assert file_run_id(file) == json.loads((run / "run.json").read_text())["wandb_run_id"]
+
+
 def test_a_diverged_run_is_finished_as_failed_in_wandb(tmp_path, synthetic_data):
     from wandb_reader import exit_codes
 

@@ -88,7 +88,8 @@ def start_tracking(acc: Accelerator, cfg: Config, run: RunDir, record: dict[str,
         acc.init_trackers(cfg.tracking.project, config=config,
                           init_kwargs={"wandb": {**kwargs, "mode": "offline", "settings": wandb.Settings(**settings)}})
     # Charts over images seen, which is what the schedule and resume count in (steps vary with batch).
-    run = acc.get_tracker("wandb", unwrap=True)
-    run.define_metric("progress/kimg")
-    run.define_metric("*", step_metric="progress/kimg")
+    if acc.is_main_process:  # the W&B run exists there alone
+        wandb_run = acc.get_tracker("wandb", unwrap=True)
+        wandb_run.define_metric("progress/kimg")
+        wandb_run.define_metric("*", step_metric="progress/kimg")
     return Tracking(acc)
