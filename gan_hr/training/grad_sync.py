@@ -17,6 +17,16 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (an all-reduce, so also a barrier); `value` alone
+    without a process group. How the ranks reach one decision from their own findings."""
+    if _world_size() == 1:
+        return value
+    flag = torch.tensor([value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def average_gradients(module: nn.Module, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average the gradients of `module` over all processes, together with `flags` (a small
     float tensor every rank contributes, e.g. a stop request).

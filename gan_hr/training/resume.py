@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 
 from gan_hr.checkpoint import (
@@ -36,6 +35,7 @@ from gan_hr.checkpoint import (
 )
 from gan_hr.config import Config, ConfigError, from_dict
 from gan_hr.models import build_discriminator, build_generator
+from gan_hr.training.grad_sync import max_over_ranks
 from gan_hr.training.run_dir import MetricsLog, RunDir
 
 # Keys that fix the networks' tensors (or what their weights mean): a run keeps them for life.
@@ -115,7 +115,7 @@ def _check_state(ckpt: Checkpoint) -> None:
         raise CheckpointDamaged(f"{ckpt.path}: meta.json has an invalid training state")
 
 
-def _verified(path, rank: int, cfg: Config) -> Resume:
+def _verified(path, rank: int, cfg: Config, shapes: dict[str, dict[str, torch.Size]]) -> Resume:
     """Load `path` and check it can continue this run; LaunchError if the asked config would
     change its networks, CheckpointDamaged if it is not what it claims."""
     ckpt = load_checkpoint(path, rank)
@@ -124,7 +124,7 @@ def _verified(path, rank: int, cfg: Config) -> Resume:
     refuse_network_changes(changes, what=f"resuming from {ckpt.path.name}",
                            hint="these keys are fixed for a run; drop the overrides, or start a new --run-dir "
                                 "with --init-from")
-    check_shapes(ckpt, model_shapes(cfg))
+    check_shapes(ckpt, shapes)
     return Resume(ckpt, changes)
 
 
@@ -132,25 +132,18 @@ def _verified(path, rank: int, cfg: Config) -> Resume:
 _OK, _DAMAGED, _REFUSED = 0, 1, 2
 
 
-def _worst(acc: Accelerator, outcome: int) -> int:
-    if acc.num_processes == 1:
-        return outcome
-    flag = torch.tensor([outcome], device=acc.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
-
-
-def _try(acc: Accelerator, path, cfg: Config) -> tuple[Resume | None, CheckpointDamaged | None]:
+def _try(acc: Accelerator, path, cfg: Config,
+         shapes: dict[str, dict[str, torch.Size]]) -> tuple[Resume | None, CheckpointDamaged | None]:
     """One candidate, agreed on by all ranks: (resume, None) if every rank can use it, (None,
     reason) if some rank finds it damaged; raises LaunchError on every rank if any refuses."""
     result, damage, refusal = None, None, None
     try:
-        result = _verified(path, acc.process_index, cfg)
+        result = _verified(path, acc.process_index, cfg, shapes)
     except CheckpointDamaged as exc:
         damage = exc
     except (CheckpointError, LaunchError) as exc:
         refusal = exc
-    worst = _worst(acc, _REFUSED if refusal else _DAMAGED if damage else _OK)
+    worst = max_over_ranks(_REFUSED if refusal else _DAMAGED if damage else _OK, acc.device)
     if worst == _REFUSED:
         raise LaunchError(str(refusal) if refusal else f"{path}: refused on another rank (see its error)")
     if worst == _DAMAGED:
@@ -169,9 +162,10 @@ def select_resume(acc: Accelerator, run: RunDir, resume: str, cfg: Config) -> Re
             raise LaunchError(f"{run.root} already has checkpoints: pass --resume auto to continue it, "
                               "or choose another --run-dir")
         return None
+    shapes = model_shapes(cfg)  # what every candidate's tensors must match
     if resume == "auto":
         for path in reversed(found):
-            chosen, damage = _try(acc, path, cfg)
+            chosen, damage = _try(acc, path, cfg, shapes)
             if chosen is not None:
                 return chosen
             if acc.is_main_process:
@@ -191,7 +185,7 @@ def select_resume(acc: Accelerator, run: RunDir, resume: str, cfg: Config) -> Re
     if path.parent.resolve() != run.checkpoints.resolve():
         raise LaunchError(f"--resume {resume}: not a checkpoint of {run.root}; to start a new run from another "
                           "run's checkpoint, use --init-from")
-    chosen, damage = _try(acc, path, cfg)
+    chosen, damage = _try(acc, path, cfg, shapes)
     if chosen is None:
         raise LaunchError(f"--resume: {damage}")
     if acc.is_main_process:
@@ -228,15 +222,16 @@ def select_init(cfg: Config, source: str, *, with_optimizers: bool) -> Checkpoin
     starts the new run at the checkpoint's resolution."""
     try:
         ckpt = load_checkpoint(resolve_checkpoint(source), with_training_state=with_optimizers)
-        changes = config_changes(saved_config(ckpt), cfg)
+        saved = saved_config(ckpt)
     except CheckpointError as exc:
         raise LaunchError(f"--init-from: {exc}") from exc
+    changes = config_changes(saved, cfg)
     refuse_network_changes(changes, what=f"--init-from {ckpt.path}", allowed=("schedule.max_res",),
                            hint="a warm start keeps the checkpoint's networks; only schedule.max_res may grow")
     res = int(ckpt.meta["resolution"])
     if res > cfg.schedule.max_res:
         raise LaunchError(f"--init-from: {ckpt.path} is at {res}x{res}, above schedule.max_res ({cfg.schedule.max_res})")
-    if with_optimizers and cfg.schedule.max_res != saved_config(ckpt).schedule.max_res:
+    if with_optimizers and cfg.schedule.max_res != saved.schedule.max_res:
         raise LaunchError("--init-optimizers: the optimizers carry over only when schedule.max_res is unchanged "
                           "(new blocks have no optimizer state)")
     try:

@@ -30,7 +30,7 @@ from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
-from gan_hr.training.grad_sync import average_buffers
+from gan_hr.training.grad_sync import average_buffers, max_over_ranks
 from gan_hr.training.guard import StopGuard, apply_gradients
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
@@ -442,10 +442,7 @@ class Trainer:
 
     def _all_ok(self, ok: bool) -> bool:
         """True when every rank says ok (an all-reduce, so also a barrier)."""
-        if self.world == 1:
-            return ok
-        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
-        return bool(self.acc.reduce(flag, reduction="sum").item() == self.world)
+        return max_over_ranks(int(not ok), self.device) == 0
 
     def _rank_checksums(self) -> list[list[float]]:
         """Sums of every rank's G, D and G_ema state, gathered: identical rows mean the ranks
