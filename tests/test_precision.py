@@ -51,6 +51,24 @@ def test_lagged_flags_arrive_one_step_late_and_flush_now():
     assert flags.flush() is None
 
 
+@pytest.mark.parametrize("lagged", [True, False])
+def test_stop_guard_hears_of_divergence_a_step_late_unless_it_reads_at_once(lagged):
+    from gan_hr.training.guard import StopGuard
+
+    guard = StopGuard(torch.device("cpu"), nan_tolerance=2, max_steps=None, total_images=10**9, lagged=lagged)
+    try:
+        bad, no_stop = torch.tensor(False), torch.zeros(1)
+        guard.record(bad, no_stop)
+        guard.record(bad, no_stop)
+        # Lagged, the host has the first step's counters; read at once, the second's.
+        assert guard.nan_streak == (1 if lagged else 2)
+        assert guard.why_stop(step=2, images_seen=0) == (None if lagged else "diverged")
+        guard.sync()
+        assert guard.nan_streak == guard.nan_skipped == 2 and guard.why_stop(2, 0) == "diverged"
+    finally:
+        guard.close()
+
+
 def _net_and_adam():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 1)

@@ -12,6 +12,8 @@ the GPU to finish the step just queued, leaving the GPU idle while the next is q
 read one step late (`LaggedFlags`): the answer for step n arrives after step n+1 was queued, so
 a stop or divergence takes effect one step later. Logging and checkpoints wait for the device
 anyway, and `sync` brings the counters up to date first. On the CPU this is plain bookkeeping.
+`lagged=False` reads them at once instead, a host sync per step: the design this replaced, kept
+as a switch so that benchmarks/gpu_check.py can measure what the lag saves on a GPU.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ class StopGuard:
     acts on it at a step boundary, when every rank agrees); `close` restores the previous ones."""
 
     def __init__(self, device: torch.device, *, nan_tolerance: int, max_steps: int | None, total_images: int,
-                 nan_streak: int = 0, nan_skipped: int = 0) -> None:
+                 nan_streak: int = 0, nan_skipped: int = 0, lagged: bool = True) -> None:
         self.device = device
+        self.lagged = lagged
         self.nan_tolerance, self.max_steps, self.total_images = nan_tolerance, max_steps, total_images
         # Host values, as of the last step read back: checkpointed with the run's state.
         self.nan_streak, self.nan_skipped = nan_streak, nan_skipped
@@ -87,10 +90,12 @@ class StopGuard:
         return torch.full((1,), float(self.signal_name is not None), device=self.device)
 
     def record(self, healthy: torch.Tensor, stop_avg: torch.Tensor) -> None:
-        """Count a step on the device (no host sync) and read the previous step's counters."""
+        """Count a step on the device and read the previous step's counters (no host sync), or
+        this step's when not `lagged` (the host waits for the device)."""
         self._streak = (self._streak + 1) * ~healthy
         self._skipped += ~healthy
-        self._read(self._lagged.push(torch.cat([self._streak, self._skipped, stop_avg.float().reshape(1)])))
+        values = torch.cat([self._streak, self._skipped, stop_avg.float().reshape(1)])
+        self._read(self._lagged.push(values) if self.lagged else values.tolist())
 
     def sync(self) -> None:
         """Bring the host counters up to this step (logging and checkpoints wait for the device)."""

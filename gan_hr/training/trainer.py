@@ -86,7 +86,10 @@ class Trainer:
         init_optimizers: bool = False,
         wandb_run_id: str | None = None,
         evaluator: Evaluator | None = None,
+        lagged_flags: bool = True,
     ) -> None:
+        """`lagged_flags=False` makes the host read the step's stop and health flags at once, a
+        sync per step (see guard.py); only benchmarks/gpu_check.py turns it off, to measure that."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.acc = accelerator
@@ -136,7 +139,7 @@ class Trainer:
         t = cfg.train
         self.guard = StopGuard(self.device, nan_tolerance=t.nan_tolerance, max_steps=t.max_steps,
                                total_images=round(t.total_kimg * 1000), nan_streak=self.state.nan_streak,
-                               nan_skipped=self.state.nan_skipped)
+                               nan_skipped=self.state.nan_skipped, lagged=lagged_flags)
         self._totals: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._window_images = 0
