@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import gan_hr.training.guard as guard_module  # noqa: E402
 import gan_hr.training.trainer as trainer_module  # noqa: E402
-from benchmarks.train_step import PRECISION, build_trainer  # noqa: E402
+from benchmarks.train_step import PRECISION, build_trainer, fixed_step, real_batch  # noqa: E402
 from gan_hr.training.grad_sync import running_buffers  # noqa: E402
 
 # The averaging functions, by the module that calls them (each imports them by name).
@@ -141,13 +141,8 @@ def measure(args, model: str, res: int, precision: str, phase: str, channel_max:
         if world != _launched():
             raise RuntimeError(f"launched {_launched()} processes but the process group has {world}")
         torch.set_num_threads(threads)  # Accelerate sets its own count when it starts a process group
-        images = torch.randint(0, 256, (args.batch // world, 3, res, res), dtype=torch.uint8)
         start_images = trainer.state.images_seen
-
-        def step() -> None:
-            # Hold the fade position fixed so every timed step does the same work.
-            trainer.state.images_seen = start_images
-            trainer.train_step(target, images)
+        step = fixed_step(trainer, target, real_batch(args.batch // world, res, trainer.device))
 
         with SyncTimer() as timer:
             step()  # warm-up
@@ -204,19 +199,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args, argv: list[str], processes: int, out: Path) -> list[dict]:
-    """Runs the worker in `processes` processes (Accelerate over gloo for more than one)."""
-    script = [str(Path(__file__).resolve()), *argv, "--worker-out", str(out)]
+def launch_processes(script: list[str], processes: int, *, threads: int, use_cpu: bool = True, port: int = 0) -> None:
+    """Runs a Python script (path and arguments) in `processes` processes of one process group:
+    plainly for one, through Accelerate's launcher for more (on the CPU over gloo; on CUDA the
+    script chooses its backend, see train_step.make_trainer). Each process gets `threads` torch
+    threads. Raises CalledProcessError when the launch fails."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_"))}
-    env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=str(max(1, args.threads // processes)),
-               PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU=str(use_cpu).lower())
     if processes == 1:
         cmd = [sys.executable, *script]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(args.port or _free_port()), *script]
+               "--main_process_port", str(port or _free_port()), *script]
     subprocess.run(cmd, env=env, cwd=ROOT, check=True)
+
+
+def launch(args, argv: list[str], processes: int, out: Path) -> list[dict]:
+    """Runs the worker in `processes` processes (Accelerate over gloo for more than one)."""
+    script = [str(Path(__file__).resolve()), *argv, "--worker-out", str(out)]
+    launch_processes(script, processes, threads=max(1, args.threads // processes), port=args.port)
     return json.loads(out.read_text())
 
 

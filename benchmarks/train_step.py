@@ -19,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
+from accelerate.utils import InitProcessGroupKwargs  # noqa: E402
 
-from gan_hr.config import from_dict, validate  # noqa: E402
+from gan_hr.config import Config, from_dict, validate  # noqa: E402
+from gan_hr.schedule import Phase  # noqa: E402
 from gan_hr.training.compile import eager  # noqa: E402
 from gan_hr.training.run_dir import RunDir  # noqa: E402
 from gan_hr.training.trainer import Trainer  # noqa: E402
@@ -64,45 +67,56 @@ def _sync(device: torch.device) -> None:
 
 def _timed(fn, device: torch.device, min_seconds: float = 1.0) -> float:
     """Seconds per call, after one warm-up call, over at least `min_seconds` (at least one call:
-    without bf16 hardware a bf16 matmul can take a minute)."""
+    without bf16 hardware a bf16 matmul can take a minute). Calls run in rounds of doubling length
+    with one device sync per round, so that a GPU's launch and sync latency stay out of the time."""
     fn()
     _sync(device)
-    calls, start = 0, time.perf_counter()
+    calls, round_calls, start = 0, 1, time.perf_counter()
     while True:
-        fn()
-        calls += 1
+        for _ in range(round_calls):
+            fn()
+        calls += round_calls
         _sync(device)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
+        round_calls *= 2
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def measure_ceiling(device: torch.device, precisions: list[str]) -> dict[str, float]:
-    """FLOP/s of a 2048² matmul and of a 3×3 conv (512 channels, 16², batch 16, fwd+bwd), for
-    fp32 and the precisions benchmarked."""
+# Sizes of the ceiling's matmul (n x n) and conv (batch) per device type: a GPU needs far larger
+# ones than the CPU to reach its peak (an H200 runs a 2048² bf16 matmul in microseconds).
+CEILING_SIZES = {"cpu": (2048, 16), "cuda": (8192, 256)}
+
+
+def measure_ceiling(device: torch.device, precisions: list[str], min_seconds: float = 1.0) -> dict[str, float]:
+    """FLOP/s of an n x n matmul and of a 3×3 conv (512 channels, 16², fwd+bwd), for fp32 and the
+    precisions benchmarked (sizes: CEILING_SIZES)."""
+    n, batch = CEILING_SIZES.get(device.type, CEILING_SIZES["cpu"])
     ceiling = {}
     for name in dict.fromkeys(["fp32", *precisions]):
         if name == "fp16" and device.type != "cuda":
             continue
         dtype = DTYPES[name]
-        a = torch.randn(2048, 2048, device=device, dtype=dtype)
-        b = torch.randn(2048, 2048, device=device, dtype=dtype)
-        ceiling[f"matmul_{name}"] = 2 * 2048**3 / _timed(lambda: a @ b, device)
-        x = torch.randn(16, 512, 16, 16, device=device, dtype=dtype, requires_grad=True)
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        ceiling[f"matmul_{name}"] = 2 * n**3 / _timed(lambda: a @ b, device, min_seconds)
+        x = torch.randn(batch, 512, 16, 16, device=device, dtype=dtype, requires_grad=True)
         w = torch.randn(512, 512, 3, 3, device=device, dtype=dtype, requires_grad=True)
 
         def conv():
             torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
 
-        ceiling[f"conv_{name}"] = 3 * 2 * 16 * 512 * 512 * 9 * 16 * 16 / _timed(conv, device)
+        ceiling[f"conv_{name}"] = 3 * 2 * batch * 512 * 512 * 9 * 16 * 16 / _timed(conv, device, min_seconds)
     return ceiling
 
 
-def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, channel_max: int,
-                  loss: str, run_dir: Path, compile: bool = False) -> tuple[Trainer, object]:
+def step_config(model: str, res: int, batch: int, precision: str, phase: str, channel_max: int, loss: str,
+                compile: bool = False) -> Config:
+    """The config this script benchmarks: paper widths up to `channel_max`, a schedule whose last
+    resolution is `res` (fading in from res/2 for `phase` fade), one batch size."""
     start = res // 2 if phase == "fade" and res > 4 else res
     cfg = from_dict({
         "model": {"name": model, "channel_max": channel_max},
@@ -112,15 +126,97 @@ def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, 
         "data": {"num_workers": 0},
     })
     validate(cfg)
+    return cfg
+
+
+def make_trainer(cfg: Config, run_dir: Path, *, backend: str | None = None, lagged_flags: bool = True) -> Trainer:
+    """A Trainer with no data (steps are fed by hand). `backend` names the process group's
+    backend when the launch has several processes (Accelerate's default: nccl on CUDA)."""
     # Accelerate keeps one process-wide state; each row may use another precision.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    trainer = Trainer(cfg, RunDir(run_dir), accelerator, data_root="")
-    target = trainer.schedule.phases[-1]
-    # Mid-fade: halfway through the fade of `res`; stable: alpha 1.
-    trainer.state.images_seen = target.start_images + (target.fade_images // 2 if phase == "fade" else 0)
+    handlers = [InitProcessGroupKwargs(backend=backend)] if backend else None
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=handlers)
+    return Trainer(cfg, RunDir(run_dir), accelerator, data_root="", lagged_flags=lagged_flags)
+
+
+def position(trainer: Trainer, res: int, phase: str) -> Phase:
+    """Put the trainer halfway through the fade of `res` (phase "fade") or at alpha 1 ("stable")."""
+    target = next(p for p in trainer.schedule.phases if p.resolution == res)
+    into_phase = target.fade_images // 2 if phase == "fade" else target.fade_images
+    trainer.state.images_seen = target.start_images + into_phase
     trainer.state.phase_index = target.index
-    return trainer, target
+    return target
+
+
+def build_trainer(model: str, res: int, batch: int, precision: str, phase: str, channel_max: int,
+                  loss: str, run_dir: Path, compile: bool = False) -> tuple[Trainer, Phase]:
+    trainer = make_trainer(step_config(model, res, batch, precision, phase, channel_max, loss, compile), run_dir)
+    return trainer, position(trainer, res, phase)
+
+
+def real_batch(batch: int, res: int, device: torch.device) -> torch.Tensor:
+    """Random uint8 reals, pinned on CUDA as the trainer's loader pins them: copying pageable
+    memory to the GPU waits for the device, a host sync per step the real run does not have."""
+    images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    return images.pin_memory() if device.type == "cuda" else images
+
+
+def fixed_step(trainer: Trainer, target: Phase, images: torch.Tensor) -> Callable[[], None]:
+    """One training step on `images` that holds the fade position fixed, so that every call
+    does the same work."""
+    start_images = trainer.state.images_seen
+
+    def step() -> None:
+        trainer.state.images_seen = start_images
+        trainer.train_step(target, images)
+
+    return step
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory allocated on CUDA (since the last reset); on the CPU the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, compiled: bool) -> dict[str, float]:
+    """Warm-up (for a compiled model, until 3 steps in a row compile nothing: style mixing on and
+    off are separate graphs), FLOPs of one step, then seconds per step over `steps` steps."""
+    warmup_start = time.perf_counter()
+    step()
+    if compiled:
+        quiet, graphs = 0, None
+        while quiet < 3:
+            step()
+            quiet = quiet + 1 if counters["stats"]["unique_graphs"] == graphs else 0
+            graphs = counters["stats"]["unique_graphs"]
+    warmup = time.perf_counter() - warmup_start
+    # The same arithmetic either way; counted uncompiled (a dispatch mode would retrace graphs).
+    with eager(), FlopCount() as counter:
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return {"warmup_s": warmup, "step_s": (time.perf_counter() - start) / steps, "flops_per_step": counter.total,
+            "peak_mem_mb": peak_memory_mb(device)}
+
+
+def throughput(timing: dict[str, float], batch: int, ceiling: dict[str, float] | None, precision: str) -> dict:
+    """A timing as images/s, s/kimg, FLOPs per image and achieved FLOP/s (of the precision's
+    ceiling, the faster of matmul and conv, when one is given)."""
+    seconds = timing["step_s"]
+    achieved = timing["flops_per_step"] / seconds
+    row = {"warmup_s": timing["warmup_s"], "images_per_s": batch / seconds, "sec_per_kimg": seconds * 1000 / batch,
+           "peak_mem_mb": timing["peak_mem_mb"], "flops_per_image": timing["flops_per_step"] / batch,
+           "achieved_tflops": achieved / 1e12}
+    if ceiling:
+        row["achieved_flops_fraction"] = achieved / max(ceiling[f"conv_{precision}"], ceiling[f"matmul_{precision}"])
+    return row
 
 
 def bench_one(args, model: str, res: int, precision: str, phase: str, compiled: bool,
@@ -128,52 +224,13 @@ def bench_one(args, model: str, res: int, precision: str, phase: str, compiled: 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, target = build_trainer(model, res, args.batch, precision, phase, args.channel_max, args.loss,
                                         Path(tmp), compile=compiled)
-        device = trainer.device
-        images = torch.randint(0, 256, (args.batch, 3, res, res), dtype=torch.uint8)
-        start_images = trainer.state.images_seen
-        alpha = target.alpha(start_images)
-
-        def step():
-            # Hold the fade position fixed so every timed step does the same work.
-            trainer.state.images_seen = start_images
-            trainer.train_step(target, images)
-
-        warmup_start = time.perf_counter()
-        step()
-        if compiled:
-            # Until 3 steps in a row compile nothing (style mixing on and off are separate graphs).
-            quiet, graphs = 0, None
-            while quiet < 3:
-                step()
-                quiet = quiet + 1 if counters["stats"]["unique_graphs"] == graphs else 0
-                graphs = counters["stats"]["unique_graphs"]
-        warmup = time.perf_counter() - warmup_start
-        # The same arithmetic either way; counted uncompiled (a dispatch mode would retrace graphs).
-        with eager(), FlopCount() as counter:
-            step()
-        flops_per_step = counter.total
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        _sync(device)
-        seconds = (time.perf_counter() - start) / args.steps
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    achieved = flops_per_step / seconds
-    reference = max(ceiling[f"conv_{precision}"], ceiling[f"matmul_{precision}"])
+        alpha = target.alpha(trainer.state.images_seen)
+        step = fixed_step(trainer, target, real_batch(args.batch, res, trainer.device))
+        timing = time_steps(step, trainer.device, args.steps, compiled)
     return {
         "model": model, "res": res, "batch": args.batch, "precision": precision, "phase": phase,
         "alpha": round(alpha, 3), "channel_max": args.channel_max, "loss": args.loss, "steps": args.steps,
-        "compile": compiled, "warmup_s": warmup,
-        "images_per_s": args.batch / seconds,
-        "sec_per_kimg": seconds * 1000 / args.batch,
-        "peak_mem_mb": peak,
-        "flops_per_image": flops_per_step / args.batch,
-        "achieved_tflops": achieved / 1e12,
-        "achieved_flops_fraction": achieved / reference,
+        "compile": compiled, **throughput(timing, args.batch, ceiling, precision),
     }
 
 
