@@ -60,7 +60,7 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -70,13 +70,13 @@ def _timed(fn, device: torch.device, min_seconds: float = 1.0) -> float:
     without bf16 hardware a bf16 matmul can take a minute). Calls run in rounds of doubling length
     with one device sync per round, so that a GPU's launch and sync latency stay out of the time."""
     fn()
-    _sync(device)
+    synchronize(device)
     calls, round_calls, start = 0, 1, time.perf_counter()
     while True:
         for _ in range(round_calls):
             fn()
         calls += round_calls
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
@@ -197,11 +197,11 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, compi
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     return {"warmup_s": warmup, "step_s": (time.perf_counter() - start) / steps, "flops_per_step": counter.total,
             "peak_mem_mb": peak_memory_mb(device)}
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from train_helpers import ROOT, cpu_env
@@ -43,3 +45,107 @@ def test_ddp_overhead_runs_one_and_two_processes(tmp_path):
     assert two["bytes_per_step"] > 0 and two["bytes_per_step"] % 4 == 0
     assert {r["bytes_per_step"] for r in two["per_rank"]} == {two["bytes_per_step"]}
     assert two["allreduces_per_step"] >= 2
+
+
+def _gpu_check(out_dir, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
+            "--out-dir", str(out_dir), *args]
+
+
+def _rows(result: dict, section: str) -> list[dict]:
+    assert result["sections"][section]["status"] == "done", result["sections"][section]
+    return result["sections"][section]["rows"]
+
+
+def test_gpu_check_tiny_on_the_cpu_runs_every_section_and_writes_its_table(tmp_path):
+    proc = subprocess.run(_gpu_check(tmp_path), cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["status"] == "complete" and result["plan"]["tiny"] and result["device"]["type"] == "cpu"
+    assert list(result["sections"]) == ["train_step", "memory", "fp16_run", "host_sync", "two_process", "compile"]
+    assert result["elapsed_s"] < result["budget_s"]
+
+    ceiling = result["sections"]["train_step"]["info"]["ceiling_tflops"]
+    assert ceiling["matmul_fp32"] > 0 and ceiling["conv_fp32"] > 0
+    steps = _rows(result, "train_step")
+    assert [(r["model"], r["res"], r["precision"]) for r in steps] == [("stylegan", 32, "fp32"), ("stylegan", 16, "fp32"),
+                                                                         ("stylegan", 8, "fp32")]
+    for r in steps:  # one GPU's share of the shipped config's batch (global 64 / 8 at 32²), mid-fade
+        assert r["batch"] == r["global_batch"] // 8 and r["seconds"] > 0
+        assert r["images_per_s"] > 0 and r["sec_per_kimg"] > 0 and r["flops_per_image"] > 0
+        assert 0 < r["achieved_flops_fraction"] < 2
+    assert steps[0]["batch"] == 8 and steps[0]["alpha"] == 0.5
+
+    memory = _rows(result, "memory")
+    assert [r["res"] for r in memory] == [8, 16, 32]  # the StyleGAN config starts at 8²
+    for r in memory:  # on the CPU nothing runs out: the search ends at its cap, every probe a real step
+        assert r["per_gpu_fits"] and r["largest_batch"] == r["searched_up_to"] == r["global_batch"]
+        assert str(r["per_gpu_batch"]) in r["probes_mb"] and r["first_failing_batch"] is None
+
+    [run] = _rows(result, "fp16_run")  # fp16 needs CUDA: on the CPU the same run in fp32
+    assert (run["stop_reason"], run["diverged"], run["exit_code"], run["steps"]) == ("max_steps", False, 0, 6)
+    assert run["unhealthy_steps"] == 0 and run["images_per_s"] > 0 and run["loss_scale_G"] is None
+
+    sync = _rows(result, "host_sync")
+    assert [r["flags"] for r in sync] == ["lagged", "read each step"]
+    assert all(r["images_per_s"] > 0 and r["gpu_idle_share"] is None and "n/a" in r["note"] for r in sync)
+
+    [ranks] = _rows(result, "two_process")
+    assert ranks["ranks_equal"] and ranks["world"] == 2 and len(set(ranks["pids"])) == 2
+    assert ranks["backend"] == "gloo" and len(ranks["devices"]) == 1 and ranks["devices"][0].startswith("cpu")
+
+    eager, compiled = _rows(result, "compile")
+    assert (eager["compile"], compiled["compile"], compiled["compile_backend"]) == (False, True, "eager")
+    assert eager["images_per_s"] > 0 and compiled["images_per_s"] > 0 and compiled["warmup_s"] > 0
+
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table in proc.stdout and "Status: complete" in table
+    for title in ("## Training step", "## Memory per resolution", "## fp16 training run", "## Host syncs",
+                  "## Two processes", "## train.compile"):
+        assert title in table
+    assert "--- stylegan 32 fp32" in (tmp_path / "gpu_check.log").read_text()
+    assert not list(tmp_path.glob("gpu_check-*"))  # the sections' own files are gone
+
+
+def test_gpu_check_stops_at_its_budget_and_keeps_what_it_measured(tmp_path):
+    budget_s = 20
+    start = time.monotonic()
+    proc = subprocess.run(_gpu_check(tmp_path, "--budget-min", str(budget_s / 60)), cwd=ROOT, env=cpu_env(),
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert elapsed < budget_s + 5  # the interpreter's start and the final write
+
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = result["sections"]
+    assert result["status"] == "partial" and result["elapsed_s"] < budget_s
+    assert sections["compile"] == {"status": "skipped: budget", "seconds": 0.0, "rows": []}
+    first = sections["train_step"]
+    assert first["status"] in ("done", "stopped: budget")
+    # Each measurement it reached is kept: measured, cut short by the budget, or not started after
+    # the deadline. (How many it finished depends on the machine; the SIGTERM test waits for one.)
+    assert all(r.get("images_per_s", 0) > 0 or r.get("stopped") == "stopped: budget" or r.get("skipped") == "budget"
+               for r in first["rows"])
+    assert "skipped: budget" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_on_sigterm_stops_the_section_and_writes_what_it_has(tmp_path):
+    proc = subprocess.Popen(_gpu_check(tmp_path), cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "gpu_check.log"
+    deadline = time.monotonic() + 90
+    while not (log.exists() and "--- stylegan" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, output[-3000:]
+
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["status"] == "interrupted (SIGTERM)"
+    assert list(result["sections"]) == ["train_step"]
+    section = result["sections"]["train_step"]
+    assert section["status"] == "interrupted" and section["info"]["ceiling_tflops"]["matmul_fp32"] > 0
+    # The row it was measuring says so (unless the signal fell between two rows).
+    assert section["rows"] and (section["rows"][-1].get("stopped") == "interrupted" or
+                                section["rows"][-1]["images_per_s"] > 0)
+    assert "Status: interrupted (SIGTERM)" in (tmp_path / "gpu_check.md").read_text()
