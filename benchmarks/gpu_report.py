@@ -26,7 +26,9 @@ def num(key: str, fmt: str | None = None, scale: float = 1.0) -> Cell:
             return "yes" if value else "**no**"
         if not isinstance(value, (int, float)):
             return str(value)
-        return (fmt or ("{}" if isinstance(value, int) else "{:.2f}")).format(value * scale)
+        if scale != 1.0:
+            value *= scale
+        return (fmt or ("{}" if isinstance(value, int) else "{:.2f}")).format(value)
 
     return cell
 
@@ -49,8 +51,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, Cell]]]] = {
     "train_step": ("Training step: mid-fade, one GPU's share of the shipped 1024² configs' batch", [
         ("model", num("model")), ("res", num("res")), ("precision", num("precision")), ("batch", num("batch")),
         ("alpha", num("alpha")), ("img/s", num("images_per_s")), ("s/kimg", num("sec_per_kimg", "{:.1f}")),
-        ("peak MB", num("peak_mem_mb", "{:.0f}")), ("GFLOP/img", num("flops_per_image", "{:.1f}", 1e-9)),
-        ("TFLOP/s", num("achieved_tflops", "{:.2f}")), ("of ceiling", num("achieved_flops_fraction", "{:.1%}"))]),
+        ("peak MB", num("peak_mem_mb", "{:.0f}")), ("GFLOP/img", num("flops_per_image", "{:.4g}", 1e-9)),
+        ("TFLOP/s", num("achieved_tflops", "{:.3g}")), ("of ceiling", num("achieved_flops_fraction", "{:.1%}"))]),
     "memory": ("Memory per resolution: the largest batch one GPU fits (mid-fade, one step)", [
         ("model", num("model")), ("res", num("res")), ("config global batch", num("global_batch")),
         ("per GPU (÷8)", num("per_gpu_batch")), ("largest that fits", num("largest_batch")),
