@@ -186,10 +186,8 @@ class Check:
             print(f"{name}: {self.sections[name]['status']} ({self.sections[name]['seconds']:.0f} s)", flush=True)
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TQDM_MININTERVAL="10",
-                   ACCELERATE_USE_CPU=str(self.plan.device == "cpu").lower())
-        env.setdefault("WANDB_MODE", "offline")
-        return env
+        return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TQDM_MININTERVAL="10",
+                    ACCELERATE_USE_CPU=str(self.plan.device == "cpu").lower())
 
     def run_section(self, name: str) -> None:
         """One section in its own process (and process group), stopped at the deadline; its rows
@@ -218,9 +216,19 @@ class Check:
                 _stop(proc)
                 info, rows = read_rows(rows_file, None if status == "done" else status)
                 rows_file.unlink(missing_ok=True)
-                self.device = self.device or info.pop("device", {})
+                device = info.pop("device", {})  # every section says; the first is kept
+                self.device = self.device or device
                 self.sections[name] = {"status": status, "seconds": time.time() - started, "info": info,
                                        "rows": rows}
+
+    def outcome(self) -> str:
+        """complete (every section ran to its end, no measurement failed), complete with errors, or
+        partial (a section failed, was stopped or was skipped)."""
+        if any(s["status"] != "done" for s in self.sections.values()):
+            return "partial"
+        if any("error" in r for s in self.sections.values() for r in s["rows"]):
+            return "complete with errors (see the notes)"
+        return "complete"
 
     def result(self) -> dict:
         return {"status": self.status, "budget_s": self.budget_s, "elapsed_s": time.time() - self.start,
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         check.run([name for name in SECTIONS if not args.only or name in args.only])
-        check.status = "complete" if all(s["status"] == "done" for s in check.sections.values()) else "partial"
+        check.status = check.outcome()
     except Interrupted as exc:
         check.status = f"interrupted ({exc})"
     finally:

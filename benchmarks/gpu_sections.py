@@ -302,12 +302,12 @@ def timeline_shares(events: list, steps: int, wall_s: float) -> dict:
     """From a profile of `steps` steps: the share of the time from the first device activity
     (kernel, copy) to the last with none running, and the host's waits for the device (CUDA
     runtime sync calls; the profile's own closing sync left out), per step and as a share of
-    the wall time. None where there is no device timeline (the CPU)."""
+    the wall time. None where there is no device timeline."""
     spans = sorted((e.time_range.start, e.time_range.end) for e in events
                    if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
     if not spans:
         return {"gpu_idle_share": None, "host_syncs_per_step": None, "host_wait_share": None,
-                "note": "n/a on the CPU: no device timeline"}
+                "note": "n/a: no device timeline (the CPU, or a profiler that recorded no kernels)"}
     syncs = sorted((e.time_range.start, e.time_range.elapsed_us()) for e in events if e.name in SYNC_CALLS)[:-1]
     busy, covered = 0.0, spans[0][0]
     for start, end in spans:  # the union of the spans: overlapping parts count once
