@@ -254,7 +254,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="small widths and resolutions, one precision: proves the script works (CI runs it on the CPU)")
     p.add_argument("--budget-min", type=float, default=8.0,
                    help="minutes in all (default 8); the check stops then and writes what it has")
-    p.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only (in the usual order)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                   help=f"run these sections only, in the usual order ({', '.join(SECTIONS)})")
     p.add_argument("--steps", type=int, default=None, help="timed steps per throughput row (default 10; tiny 2)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "out"), help="where the results go")
     return p.parse_args(argv)
