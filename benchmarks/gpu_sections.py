@@ -12,6 +12,7 @@ script again in each process, as `--rank-worker`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -25,8 +26,9 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -42,6 +44,7 @@ from benchmarks.train_step import (PRECISION, fixed_step, make_trainer, measure_
                                    real_batch, synchronize, throughput, time_steps)
 from gan_hr.checkpoint import complete_checkpoints, load_checkpoint  # noqa: E402
 from gan_hr.config import Config, load_config  # noqa: E402
+from gan_hr.schedule import Phase  # noqa: E402
 from gan_hr.training.trainer import Trainer  # noqa: E402
 
 # CUDA runtime calls in which the host waits for the device.
@@ -123,28 +126,41 @@ def per_gpu_batch(global_batch: int) -> int:
     return max(1, global_batch // CONFIG_GPUS)
 
 
+class Setup(NamedTuple):
+    trainer: Trainer
+    target: Phase
+    batch: int
+    step: Callable[[], None]
+
+
+@contextlib.contextmanager
+def shipped_step(plan: Plan, model: str, res: int, precision: str, *overrides: str,
+                 **trainer_options) -> Iterator[Setup]:
+    """A trainer of the shipped config up to `res` in `precision`, mid-fade at `res`, and its step
+    on one GPU's share of the config's batch there (`trainer_options`: make_trainer's)."""
+    cfg = shipped_config(plan, model, f"schedule.max_res={res}", _precision(precision), *overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(cfg, Path(tmp), **trainer_options)
+        target = position(trainer, res, "fade")
+        batch = per_gpu_batch(trainer.schedule.batch_size(res))
+        yield Setup(trainer, target, batch, fixed_step(trainer, target, real_batch(batch, res, trainer.device)))
+
+
 # --------------------------------------------------------------------------- train_step and compile
 
 
 def step_row(plan: Plan, model: str, res: int, precision: str, ceiling: dict[str, float] | None = None,
              compiled: bool = False) -> dict:
     """The trainer's step at `res`, mid-fade, on one GPU's share of the config's batch there."""
-    overrides = [f"schedule.max_res={res}", _precision(precision)]
-    if compiled:
-        overrides += ["train.compile=true", f"train.compile_backend={plan.compile_backend}"]
-    cfg = shipped_config(plan, model, *overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(cfg, Path(tmp))
-        target = position(trainer, res, "fade")
-        global_batch = trainer.schedule.batch_size(res)
-        batch = per_gpu_batch(global_batch)
-        alpha = target.alpha(trainer.state.images_seen)
-        timing = time_steps(fixed_step(trainer, target, real_batch(batch, res, trainer.device)), trainer.device,
-                            plan.steps, compiled)
-    return {"model": model, "res": res, "precision": precision, "batch": batch, "global_batch": global_batch,
+    compiling = ["train.compile=true", f"train.compile_backend={plan.compile_backend}"] if compiled else []
+    with shipped_step(plan, model, res, precision, *compiling) as setup:
+        alpha = setup.target.alpha(setup.trainer.state.images_seen)
+        global_batch = setup.trainer.schedule.batch_size(res)
+        timing = time_steps(setup.step, setup.trainer.device, plan.steps, compiled)
+    return {"model": model, "res": res, "precision": precision, "batch": setup.batch, "global_batch": global_batch,
             "alpha": round(alpha, 3), "steps": plan.steps, "compile": compiled,
             **({"compile_backend": plan.compile_backend} if compiled else {}),
-            **throughput(timing, batch, ceiling, precision)}
+            **throughput(timing, setup.batch, ceiling, precision)}
 
 
 def train_step_section(plan: Plan, rows: Rows) -> None:
@@ -332,16 +348,13 @@ def device_timeline(step: Callable[[], None], steps: int, device: torch.device) 
 
 def sync_row(plan: Plan, model: str, res: int, precision: str, lagged: bool) -> dict:
     """Images/s, then the device timeline, with the guard's flags read a step late or at once."""
-    cfg = shipped_config(plan, model, f"schedule.max_res={res}", _precision(precision))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(cfg, Path(tmp), lagged_flags=lagged)
-        target = position(trainer, res, "fade")
-        batch = per_gpu_batch(trainer.schedule.batch_size(res))
-        step = fixed_step(trainer, target, real_batch(batch, res, trainer.device))
-        timing = time_steps(step, trainer.device, plan.sync_steps, compiled=False)
-        shares = device_timeline(step, plan.sync_steps, trainer.device)
-    return {"model": model, "res": res, "precision": precision, "batch": batch,
-            "flags": "lagged" if lagged else "read each step", "images_per_s": batch / timing["step_s"], **shares}
+    with shipped_step(plan, model, res, precision, lagged_flags=lagged) as setup:
+        device = setup.trainer.device
+        timing = time_steps(setup.step, device, plan.sync_steps, compiled=False)
+        shares = device_timeline(setup.step, plan.sync_steps, device)
+    return {"model": model, "res": res, "precision": precision, "batch": setup.batch,
+            "flags": "lagged" if lagged else "read each step", "images_per_s": setup.batch / timing["step_s"],
+            **shares}
 
 
 def host_sync_section(plan: Plan, rows: Rows) -> None:
@@ -368,19 +381,15 @@ def state_digest(trainer: Trainer) -> str:
 def rank_steps(plan: Plan, model: str, backend: str) -> dict:
     """This rank's few steps on its share of the batch; what every rank ended with, gathered."""
     res, precision = plan.two_process_res, plan.precisions[0]
-    cfg = shipped_config(plan, model, f"schedule.max_res={res}", _precision(precision))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(cfg, Path(tmp), backend=backend)
+    with shipped_step(plan, model, res, precision, backend=backend) as setup:
         if not dist.is_initialized() or dist.get_world_size() != 2:
-            raise RuntimeError(f"expected a process group of 2, got {trainer.world} process(es)")
-        batch = per_gpu_batch(trainer.schedule.batch_size(res))
-        step = fixed_step(trainer, position(trainer, res, "fade"), real_batch(batch, res, trainer.device))
+            raise RuntimeError(f"expected a process group of 2, got {setup.trainer.world} process(es)")
         for _ in range(plan.two_process_steps):
-            step()
-        mine = {"device": str(trainer.device), "pid": os.getpid(), "digest": state_digest(trainer)}
+            setup.step()
+        mine = {"device": str(setup.trainer.device), "pid": os.getpid(), "digest": state_digest(setup.trainer)}
     ranks: list[dict] = [{}] * dist.get_world_size()
     dist.all_gather_object(ranks, mine)
-    return {"model": model, "res": res, "precision": precision, "batch_per_rank": batch,
+    return {"model": model, "res": res, "precision": precision, "batch_per_rank": setup.batch,
             "steps": plan.two_process_steps, "backend": dist.get_backend(), "world": len(ranks),
             "devices": sorted({r["device"] for r in ranks}), "pids": sorted(r["pid"] for r in ranks),
             "ranks_equal": len({r["digest"] for r in ranks}) == 1}
