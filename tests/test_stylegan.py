@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from gan_hr.config import ModelConfig
-from gan_hr.models.stylegan import StyleGANGenerator
+from gan_hr.models.progan import ProGANDiscriminator
+from gan_hr.models.stylegan import StyleGANDiscriminator, StyleGANGenerator
 from gan_hr.nn.equalized import EqualLinear
-from gan_hr.nn.layers import upsample2x
-from gan_hr.nn.style import AdaIN, Blur2d, NoiseInjection, adain
+from gan_hr.nn.layers import Blur2d, upsample2x
+from gan_hr.nn.style import AdaIN, NoiseInjection, adain
 
 DIM = 32
 MAX_RES = 64
@@ -315,6 +316,28 @@ def test_fade_in_end_points_skip_the_unused_branch():
 def test_blur_follows_the_config():
     assert make_g(max_res=8).synthesis.blocks["b8"].layer0.blur is not None
     assert make_g(max_res=8, blur=False).synthesis.blocks["b8"].layer0.blur is None
+
+
+def test_discriminator_blurs_before_every_downsampling_as_the_official_one():
+    """StyleGAN's D is ProGAN's (same parameters, so the same checkpoints) with conv0 -> blur ->
+    conv1 -> downsample in every block; with model.blur off it computes exactly ProGAN's D."""
+    torch.manual_seed(0)
+    blurred = StyleGANDiscriminator(tiny_cfg(), 32)
+    plain = ProGANDiscriminator(tiny_cfg(), 32)
+    plain.load_state_dict(blurred.state_dict())
+    assert blurred.state_dict().keys() == plain.state_dict().keys()
+    assert all(blurred.blocks[f"b{r}"].blur is not None for r in (8, 16, 32))
+    img = torch.randn(4, 3, 32, 32)
+    sharp = blurred.blocks["b32"].conv0(blurred.blocks["b32"].from_rgb(img))
+    expected = Blur2d(sharp.shape[1])(sharp)
+    seen = []
+    blurred.blocks["b32"].conv1.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    out = blurred(img, 32, 0.5)
+    torch.testing.assert_close(seen[0], expected)
+    assert not torch.allclose(out, plain(img, 32, 0.5))
+    unblurred = StyleGANDiscriminator(tiny_cfg(blur=False), 32)
+    unblurred.load_state_dict(blurred.state_dict())
+    torch.testing.assert_close(unblurred(img, 32, 0.5), plain(img, 32, 0.5))
 
 
 # --------------------------------------------------------------------------- precision, autograd

@@ -11,12 +11,13 @@ from torch import nn
 from gan_hr.config import ModelConfig
 from gan_hr.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from gan_hr.models.progan import ProGANDiscriminator, ProGANGenerator
-from gan_hr.models.stylegan import StyleGANGenerator
+from gan_hr.models.stylegan import StyleGANDiscriminator, StyleGANGenerator
 
 MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "progan": (ProGANGenerator, ProGANDiscriminator),
-    # StyleGAN v1 keeps the ProGAN discriminator (Karras et al. 2019, section 2).
-    "stylegan": (StyleGANGenerator, ProGANDiscriminator),
+    # StyleGAN v1 keeps the ProGAN discriminator (Karras et al. 2019, section 2), blurred as its
+    # official code does.
+    "stylegan": (StyleGANGenerator, StyleGANDiscriminator),
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
 }
 

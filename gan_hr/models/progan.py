@@ -23,6 +23,7 @@ from gan_hr.config import ModelConfig
 from gan_hr.nn.equalized import EqualLinear
 from gan_hr.nn.layers import (
     LRELU_SLOPE,
+    Blur2d,
     ConvLayer,
     FromRGB,
     MinibatchStddev,
@@ -130,20 +131,26 @@ class ProGANGenerator(nn.Module):
 
 
 class DBlock(nn.Module):
-    """Features at res -> res/2: 3x3 conv + lrelu, 3x3 conv to the lower width + lrelu, 2x2 avg pool."""
+    """Features at res -> res/2: 3x3 conv + lrelu, [blur], 3x3 conv to the lower width + lrelu,
+    2x2 avg pool. The blur is StyleGAN's (its official `conv0 -> blur2d -> conv1_down`); ProGAN
+    has none."""
 
-    def __init__(self, resolution: int, in_channels: int, out_channels: int) -> None:
+    def __init__(self, resolution: int, in_channels: int, out_channels: int, *, blur: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.from_rgb = FromRGB(in_channels)
         self.conv0 = ConvLayer(in_channels, in_channels, 3)
+        self.blur = Blur2d(in_channels) if blur else None
         self.conv1 = ConvLayer(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expect_shape(x, self.in_channels, self.resolution, f"D.b{self.resolution} input")
-        x = downsample2x(self.conv1(self.conv0(x)))
+        x = self.conv0(x)
+        if self.blur is not None:
+            x = self.blur(x)
+        x = downsample2x(self.conv1(x))
         expect_shape(x, self.out_channels, self.resolution // 2, f"D.b{self.resolution} output")
         return x
 
@@ -174,16 +181,17 @@ class DOutputBlock(nn.Module):
 
 
 class ProGANDiscriminator(nn.Module):
-    """Image [N, 3, resolution, resolution] -> raw scores [N]."""
+    """Image [N, 3, resolution, resolution] -> raw scores [N]. `blur` puts the [1, 2, 1] filter
+    before every downsampling (StyleGAN's discriminator)."""
 
-    def __init__(self, cfg: ModelConfig, max_res: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_res: int, *, blur: bool = False) -> None:
         super().__init__()
         self.max_res = check_max_res(max_res, BASE_RES, "ProGAN")
         self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
         blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size)}
         for res in self.resolutions[1:]:
-            blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2))
+            blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2), blur=blur)
         self.blocks = nn.ModuleDict(blocks)
 
     def regions(self) -> list[nn.Module]:

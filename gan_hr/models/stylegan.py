@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_hr.config import ModelConfig
+from gan_hr.models.progan import ProGANDiscriminator
 from gan_hr.nn.equalized import EqualLinear
 from gan_hr.nn.layers import (
     LRELU_SLOPE,
@@ -39,7 +40,7 @@ from gan_hr.nn.layers import (
 from gan_hr.nn.style import NOISE_MODES, StyledConv, StyleEpilogue
 from gan_hr.resolutions import check_max_res, resolutions_between
 
-__all__ = ["MappingNetwork", "StyleGANGenerator", "SynthesisBlock", "SynthesisNetwork"]
+__all__ = ["MappingNetwork", "StyleGANDiscriminator", "StyleGANGenerator", "SynthesisBlock", "SynthesisNetwork"]
 
 _MIN_RES = 4
 
@@ -238,3 +239,12 @@ class StyleGANGenerator(nn.Module):
     def _update_w_avg(self, w: torch.Tensor) -> None:
         batch_mean = w.detach().mean(dim=0).to(self.w_avg.dtype)
         self.w_avg.copy_(batch_mean.lerp(self.w_avg, self.w_avg_beta))
+
+
+class StyleGANDiscriminator(ProGANDiscriminator):
+    """StyleGAN v1's discriminator: ProGAN's, with the [1, 2, 1] blur before every downsampling
+    (the official network's `conv0 -> blur2d -> conv1_down`) when `model.blur` is on, as the
+    generator's blur after every upsampling is."""
+
+    def __init__(self, cfg: ModelConfig, max_res: int) -> None:
+        super().__init__(cfg, max_res, blur=cfg.blur)

@@ -87,6 +87,31 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=2)
 
 
+def binomial_kernel() -> torch.Tensor:
+    """The normalised 3x3 binomial filter [1, 2, 1] x [1, 2, 1] / 16."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = torch.outer(k, k)
+    return k / k.sum()
+
+
+class Blur2d(nn.Module):
+    """Binomial low-pass filter as a depthwise 3x3 conv with zero padding (as the official blur2d).
+
+    StyleGAN's generator blurs after each upsampling (against the checkerboard of nearest
+    upsampling) and its discriminator before each downsampling (against aliasing). A plain
+    conv2d, so it casts under autocast and supports double backward.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        # Not persistent: a constant, not state; it still follows .to(device).
+        self.register_buffer("kernel", binomial_kernel().expand(channels, 1, 3, 3).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+
+
 class ConvLayer(nn.Module):
     """Equalized conv + leaky ReLU 0.2, optionally followed by pixel norm (ProGAN's generator)."""
 

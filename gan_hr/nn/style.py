@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_hr.nn.equalized import EqualConv2d, EqualLinear
-from gan_hr.nn.layers import LRELU_SLOPE, upsample2x
+from gan_hr.nn.layers import LRELU_SLOPE, Blur2d, upsample2x
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -80,30 +80,6 @@ class AdaIN(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         scale, bias = self.affine(w).to(x.dtype).chunk(2, dim=1)
         return adain(x, scale, bias)
-
-
-def binomial_kernel() -> torch.Tensor:
-    """The normalised 3x3 binomial filter [1, 2, 1] x [1, 2, 1] / 16."""
-    k = torch.tensor([1.0, 2.0, 1.0])
-    k = torch.outer(k, k)
-    return k / k.sum()
-
-
-class Blur2d(nn.Module):
-    """Binomial low-pass filter as a depthwise 3x3 conv with zero padding (as the official blur2d).
-
-    Used after upsampling to suppress the checkerboard of nearest-neighbour upsampling. A plain
-    conv2d, so it casts under autocast and supports double backward.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-        # Not persistent: a constant, not state; it still follows .to(device).
-        self.register_buffer("kernel", binomial_kernel().expand(channels, 1, 3, 3).contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
 
 
 class StyleEpilogue(nn.Module):
