@@ -149,3 +149,26 @@ def test_gpu_check_on_sigterm_stops_the_section_and_writes_what_it_has(tmp_path)
     assert section["rows"] and (section["rows"][-1].get("stopped") == "interrupted" or
                                 section["rows"][-1]["images_per_s"] > 0)
     assert "Status: interrupted (SIGTERM)" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_learning_trains_scores_and_tabulates(tmp_path, synthetic_data):
+    """benchmarks/learning.py: the real launch per model and seed, evaluate.py's SWD against the
+    floor, speed per resolution from metrics.jsonl, one table row and one JSON record per run."""
+    from train_helpers import TINY
+
+    out = tmp_path / "learning.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--models", "progan", "--seeds", "3",
+           "--threads", "1", "--label", "tiny", "--runs", str(tmp_path / "runs"), "--json", str(out),
+           *TINY, f"data.path={synthetic_data}", "train.max_steps=28", "train.metrics_num_images=32"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    assert "| progan | 3 |" in proc.stdout and "median of 1" in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and "cores" in result["cpu"]
+    [row] = result["results"]
+    assert (row["model"], row["seed"]) == ("progan", 3)
+    assert row["swd_mean"] > 0 and row["swd_floor_mean"] > 0
+    assert row["ratio"] == pytest.approx(row["swd_mean"] / row["swd_floor_mean"])
+    assert set(row["images_per_s"]) == {"4", "8", "16"} and all(v > 0 for v in row["images_per_s"].values())
+    assert row["wall_s"] > 0 and (tmp_path / "runs" / "tiny-progan-seed3" / "metrics.jsonl").is_file()
