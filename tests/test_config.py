@@ -117,7 +117,8 @@ def test_max_res_above_the_data(tmp_path, repo_root):
 def test_data_without_images_at_a_trained_resolution_is_refused(tmp_path, repo_root, shards, fragment):
     _write_manifest(tmp_path, shards)
     with pytest.raises(ConfigError) as err:
-        load_config(repo_root / "configs/demo.yaml", [f"data.path={tmp_path}", "schedule.max_res=16"])
+        load_config(repo_root / "configs/demo.yaml",
+                    [f"data.path={tmp_path}", "schedule.start_res=4", "schedule.max_res=16"])
     message = str(err.value)
     assert message.startswith(f"data.path: {tmp_path / 'manifest.json'}") and fragment in message, message
     assert "\n" not in message
