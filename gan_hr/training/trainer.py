@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from gan_hr.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.config import Config
-from gan_hr.data import loader_workers, make_loader, to_float
+from gan_hr.data import ShardStream, load_manifest, loader_workers, make_loader, resolution_shards, to_float
 from gan_hr.evaluation import Evaluator
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
@@ -204,6 +204,7 @@ class Trainer:
                     self._enter_phase(phase)
                     batches = None
                 if batches is None:
+                    self._write_reals(phase.resolution)
                     # DataLoader draws its base seed from the global RNG: keep that draw out of
                     # the training stream, or a resumed run would be one draw off.
                     with torch.random.fork_rng(devices=[]):
@@ -407,6 +408,17 @@ class Trainer:
         grid = save_grid(images.float().cpu(), path)
         if self.cfg.tracking.backend == "wandb":
             self.acc.get_tracker("wandb").log_images({"samples/grid": [grid]}, step=self.state.step)
+
+    def _write_reals(self, resolution: int) -> None:
+        """samples/reals-<res>.png, once per resolution: the first train.sample_grid images of
+        the data's seed-0 stream (the real set evaluations start with), beside the fakes."""
+        path = self.run_dir.samples / f"reals-{resolution}.png"
+        if not self.acc.is_main_process or path.exists():
+            return
+        shards = resolution_shards(load_manifest(self.data_root), self.data_root, resolution)
+        stream = ShardStream(shards, batch_size=self.cfg.train.sample_grid, resolution=resolution, seed=0, slots=1)
+        save_grid(next(iter(stream))["image"], path)
+
 
     def _checkpoint(self, kind: str) -> None:
         self.guard.sync()  # the saved counters are this step's
