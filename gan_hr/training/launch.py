@@ -19,9 +19,11 @@ from accelerate.utils import broadcast_object_list
 
 from gan_hr.checkpoint import Checkpoint, CheckpointError, remove_partial, resolve_checkpoint
 from gan_hr.config import Config, ConfigError, save_config
+from gan_hr.data import load_manifest, loader_workers
 from gan_hr.evaluation import Evaluator
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
+from gan_hr.training import report
 from gan_hr.training.precision import accelerate_device, resolve_precision
 from gan_hr.training.resume import LaunchError, Resume, report_changes, select_init, select_resume, warn
 from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id
@@ -29,6 +31,7 @@ from gan_hr.training.tracking import start_tracking
 from gan_hr.training.trainer import Trainer
 
 __all__ = ["LaunchError", "make_accelerator", "run_training"]
+
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -158,9 +161,6 @@ def start_run_dir(run: RunDir, cfg: Config, resume: Resume | None, init: Checkpo
     MetricsLog(run.metrics).truncate_after(step)
     if resume:
         report_changes(resume.changes, resume.ckpt)
-        print(f"resuming from {resume.ckpt.path} (step {step}, {resume.ckpt.meta['kimg']:.1f} kimg)")
-    elif init is not None:
-        print(f"warm start from {init.path} (step {init.step}, {init.meta['resolution']}x{init.meta['resolution']})")
     return record
 
 
@@ -170,6 +170,7 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     Returns the run directory."""
     if init_from is not None and resume != "none":
         raise LaunchError("--init-from starts a new run: it cannot be combined with --resume")
+    requested_precision = cfg.train.mixed_precision  # make_accelerator resolves `auto`
     acc = make_accelerator(cfg)
     run = choose_run_dir(acc, run_dir, name, resume)
     init = None
@@ -202,6 +203,9 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     tracking = start_tracking(acc, cfg, run, record[0])
     trainer = Trainer(cfg, run, acc, data_root, resume=ckpt.ckpt if ckpt else None, init=init,
                       init_optimizers=init_optimizers, wandb_run_id=record[0]["wandb_run_id"], evaluator=evaluator)
+    if acc.is_main_process:
+        print("\n".join(_header(cfg, acc, run, trainer, data_root, requested_precision, _start(ckpt, init))),
+              flush=True)
     exit_code = 1
     try:
         trainer.train()
@@ -230,3 +234,39 @@ def _write_plots(run_dir: Path) -> list[Path]:
     if written:
         print(f"plots in {written[0].parent}")
     return written
+
+
+def _start(resume: Resume | None, init: Checkpoint | None) -> str:
+    if resume is not None:
+        return f"resuming from {resume.ckpt.path} (step {resume.ckpt.step}, {resume.ckpt.meta['kimg']:.1f} kimg)"
+    if init is not None:
+        return f"warm start from {init.path} (step {init.step}, {init.meta['resolution']}x{init.meta['resolution']})"
+    return "a new run"
+
+
+def _header(cfg: Config, acc: Accelerator, run: RunDir, trainer: Trainer, data_root: str, requested_precision: str,
+            start: str) -> list[str]:
+    """The run's header (main process): the facts, and the estimate from a timing probe."""
+    try:
+        manifest = load_manifest(data_root)
+        num_images, data_resolutions = manifest["num_images"], manifest["resolutions"]
+    except (OSError, ValueError):  # remote data the stream will report on itself
+        num_images, data_resolutions = None, []
+    schedule, state = trainer.schedule, trainer.state
+    trained = trainer.resolutions_ahead() or [trainer.resolution]
+    device = str(acc.device)
+    if acc.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(acc.device)})"
+    t = cfg.train
+    at_steps = t.max_steps is not None and trainer.end_images < trainer.guard.total_images
+    return report.header_lines(
+        run_dir=str(run.root), start=start, device=device, precision=t.mixed_precision,
+        requested_precision=requested_precision, processes=acc.num_processes,
+        workers={res: loader_workers(cfg.data.num_workers, res) for res in trained},
+        data_root=data_root, num_images=num_images, data_resolutions=data_resolutions, model=cfg.model.name,
+        parameters=(sum(p.numel() for p in trainer.G.parameters()), sum(p.numel() for p in trainer.D.parameters())),
+        schedule=report.schedule_text(schedule, start_images=state.images_seen, end_images=trainer.end_images,
+                                      stop=f"train.max_steps {t.max_steps}" if at_steps else "train.total_kimg"),
+        estimate_s=trainer.estimate(), probe=trainer.eta.probe,
+    )
+

@@ -30,8 +30,10 @@ from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
+from gan_hr.training.eta import Eta, end_images, probe_speeds
 from gan_hr.training.grad_sync import average_buffers, max_over_ranks
 from gan_hr.training.guard import StopGuard, apply_gradients
+from gan_hr.training.report import rate
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
 from gan_hr.training.tracking import wandb_keys
@@ -137,6 +139,12 @@ class Trainer:
         self.guard = StopGuard(self.device, nan_tolerance=t.nan_tolerance, max_steps=t.max_steps,
                                total_images=round(t.total_kimg * 1000), nan_streak=self.state.nan_streak,
                                nan_skipped=self.state.nan_skipped)
+        # Where the run will stop, in images, and the time left until then (see eta.py).
+        self.end_images = end_images(self.schedule, step=self.state.step, images_seen=self.state.images_seen,
+                                     max_steps=t.max_steps, total_images=self.guard.total_images)
+        self.eta = Eta(self.schedule)
+        self.initial_estimate: float | None = None
+        self._images_per_s: float | None = None
         self._totals: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._window_images = 0
@@ -185,13 +193,32 @@ class Trainer:
             self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
             self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
 
+    def resolutions_ahead(self) -> list[int]:
+        """The resolutions still to train, from the current one to the one the run ends at."""
+        if self.state.images_seen >= self.end_images:
+            return []
+        first = self.schedule.phase_at(self.state.images_seen).index
+        last = self.schedule.phase_at(self.end_images - 1).index
+        return [p.resolution for p in self.schedule.phases[first:last + 1]]
+
+    def estimate(self) -> float | None:
+        """Seconds the run has left, before any step: times the resolutions still to train
+        (`eta.probe_speeds`, which leaves the run's state alone). None when nothing is left."""
+        resolutions = self.resolutions_ahead()
+        if not resolutions:
+            return None
+        self.eta = Eta(self.schedule, probe_speeds(self.cfg, self.schedule, resolutions, device=self.device,
+                                                   world_size=self.world, autocast=self.acc.autocast))
+        self.initial_estimate = self.eta.remaining(self.state.images_seen, self.end_images)
+        return self.initial_estimate
+
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainState:
         """Train until max_steps, total_kimg, a stop signal or divergence, and checkpoint then; a data
         or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints."""
         t = self.cfg.train
-        bar = self._progress_bar(self.guard.total_images)
+        bar = self._progress_bar()
         batches: Iterator[dict[str, Any]] | None = None
         loader = None
         reason = None
@@ -212,6 +239,7 @@ class Trainer:
                         batches = iter(loader)
                 before = self.state.images_seen
                 self.train_step(phase, self._next_batch(batches))
+                bar.set_postfix_str(self._bar_text(phase), refresh=False)
                 bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
 
                 reason = self.guard.why_stop(self.state.step, self.state.images_seen)
@@ -367,8 +395,8 @@ class Trainer:
         if self.acc.is_main_process:
             self.log.append(record)
             self.acc.log(wandb_keys(record), step=self.state.step)
-            bar.set_postfix(res=phase.resolution, alpha=f"{record['alpha']:.2f}", kimg=f"{record['kimg']:.1f}",
-                            img_s=f"{record['images_per_s']:.1f}")
+        self._images_per_s = record["images_per_s"]
+        self.eta.measure(phase.resolution, self._window_images, elapsed)
         self._totals.clear()
         self._window_steps = self._window_images = 0
         self._data_wait = 0.0
@@ -419,7 +447,6 @@ class Trainer:
         stream = ShardStream(shards, batch_size=self.cfg.train.sample_grid, resolution=resolution, seed=0, slots=1)
         save_grid(next(iter(stream))["image"], path)
 
-
     def _checkpoint(self, kind: str) -> None:
         self.guard.sync()  # the saved counters are this step's
         self.state.nan_streak, self.state.nan_skipped = self.guard.nan_streak, self.guard.nan_skipped
@@ -466,14 +493,25 @@ class Trainer:
         gathered = self.acc.gather(local.unsqueeze(0)) if self.world > 1 else local.unsqueeze(0)
         return gathered.cpu().tolist()
 
-    def _progress_bar(self, total_images: int) -> tqdm:
+    def _progress_bar(self) -> tqdm:
+        """Steps (with train.max_steps) or images; its eta is the schedule's (`_bar_text`), not
+        tqdm's single rate, which is wrong across phases and after a resume."""
         t = self.cfg.train
-        disable = not self.acc.is_main_process
-        if t.max_steps:
-            return tqdm(total=t.max_steps, initial=min(self.state.step, t.max_steps), unit="step", disable=disable,
-                        dynamic_ncols=True)
-        return tqdm(total=total_images, initial=min(self.state.images_seen, total_images), unit="img",
-                    unit_scale=True, disable=disable, dynamic_ncols=True)
+        steps = t.max_steps is not None
+        total, done = (t.max_steps, self.state.step) if steps else (self.guard.total_images, self.state.images_seen)
+        return tqdm(total=total, initial=min(done, total), unit="step" if steps else "img", unit_scale=not steps,
+                    disable=not self.acc.is_main_process, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]")
+
+    def _bar_text(self, phase: Phase) -> str:
+        """'eta 01:48, 16² α 0.46, 95 img/s': α while fading in, the last logging window's speed."""
+        left = self.eta.remaining(self.state.images_seen, self.end_images)
+        text = f"eta {'?' if left is None else tqdm.format_interval(left)}, {phase.resolution}²"
+        if self._alpha < 1:
+            text += f" α {self._alpha:.2f}"
+        if self._images_per_s is not None:
+            text += f", {rate(self._images_per_s)} img/s"
+        return text
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,112 @@
+"""What a run says: the header and the schedule-following ETA (issue 14, item 2)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from gan_hr.config import Config, ModelConfig, ScheduleConfig
+from gan_hr.schedule import Schedule
+from gan_hr.training import report
+from gan_hr.training.eta import Eta, end_images, probe_speeds
+
+# 4² for 1 kimg at batch 10, 8² fades in and trains for 2 kimg at batch 10, then 16² at batch 5.
+SCHEDULE = Schedule(ScheduleConfig(start_res=4, max_res=16, fade_kimg=1, stable_kimg=1, batch_size=10,
+                                   batch_by_res={16: 5}))
+PROBE = {4: 100.0, 8: 50.0, 16: 10.0}
+
+
+# --------------------------------------------------------------------------- where a run ends
+
+
+def test_end_images_walks_the_steps_phase_by_phase():
+    assert end_images(SCHEDULE, step=0, images_seen=0, max_steps=None, total_images=5000) == 5000
+    # 100 steps of 10 at 4², 200 of 10 at 8², then 50 of 5 at 16².
+    assert end_images(SCHEDULE, step=0, images_seen=0, max_steps=350, total_images=5000) == 3250
+    # From a resumed position, and whichever limit comes first.
+    assert end_images(SCHEDULE, step=300, images_seen=3000, max_steps=350, total_images=3100) == 3100
+    assert end_images(SCHEDULE, step=350, images_seen=3250, max_steps=350, total_images=5000) == 3250
+    # A batch that does not divide a phase: its last step ends past the boundary, as in training.
+    odd = Schedule(ScheduleConfig(start_res=4, max_res=8, fade_kimg=1, stable_kimg=1, batch_size=16))
+    assert end_images(odd, step=0, images_seen=0, max_steps=63, total_images=10**6) == 1008
+    assert end_images(odd, step=0, images_seen=0, max_steps=64, total_images=10**6) == 1024
+    assert end_images(odd, step=0, images_seen=0, max_steps=None, total_images=1001) == 1008
+
+
+# --------------------------------------------------------------------------- ETA
+
+
+def test_eta_before_any_step_is_the_probe_phase_by_phase():
+    eta = Eta(SCHEDULE, PROBE)
+    assert eta.remaining(0, 5000) == pytest.approx(1000 / 100 + 2000 / 50 + 2000 / 10)
+    assert eta.remaining(2500, 3500) == pytest.approx(500 / 50 + 500 / 10)
+    assert eta.remaining(5000, 5000) == 0
+
+
+def test_eta_follows_measured_speeds_and_scales_the_probe_for_the_rest():
+    eta = Eta(SCHEDULE, PROBE)
+    eta.measure(4, 400, 2.0)  # twice the probe: the later resolutions are expected twice as fast too
+    assert eta.speed(8) == pytest.approx(100.0) and eta.speed(16) == pytest.approx(20.0)
+    assert eta.remaining(500, 5000) == pytest.approx(500 / 200 + 2000 / 100 + 2000 / 20)
+    eta.measure(8, 300, 5.0)  # the newest measurement sets the scale for what is not measured yet
+    assert eta.speed(4) == 200.0 and eta.speed(16) == pytest.approx(10.0 * 60 / 50)
+    assert eta.remaining(2000, 5000) == pytest.approx(1000 / 60 + 2000 / 12)
+    eta.measure(8, 300, float("nan"))  # a window with no time is ignored
+    assert eta.speed(8) == 60.0
+
+
+def test_eta_weighs_recent_windows_more():
+    eta = Eta(SCHEDULE, PROBE)
+    eta.measure(16, 100, 10.0)  # 10 img/s
+    eta.measure(16, 100, 2.0)  # 50 img/s: the earlier window counts half
+    assert eta.speed(16) == pytest.approx((0.5 * 100 + 100) / (0.5 * 10 + 2))
+    for _ in range(20):  # a lasting change takes over
+        eta.measure(16, 100, 4.0)
+    assert eta.speed(16) == pytest.approx(25.0, rel=1e-4)
+
+
+def test_eta_after_a_resume_counts_only_what_is_left():
+    # A run resumed at 3500 images (16²): nothing measured in this process yet, only the probe.
+    eta = Eta(SCHEDULE, PROBE)
+    assert eta.remaining(3500, 5000) == pytest.approx(1500 / 10)
+    eta.measure(16, 100, 4.0)
+    assert eta.remaining(4000, 5000) == pytest.approx(1000 / 25)
+
+
+def test_eta_without_a_probe_knows_only_what_it_measured():
+    eta = Eta(SCHEDULE)
+    assert eta.remaining(0, 5000) is None
+    eta.measure(4, 100, 1.0)
+    assert eta.remaining(0, 1000) == pytest.approx(10.0)
+    assert eta.remaining(0, 5000) is None
+
+
+def test_probe_times_every_resolution_and_leaves_the_rng_alone():
+    cfg = Config(model=ModelConfig(name="stylegan", latent_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
+                                   channel_max=8),
+                 schedule=ScheduleConfig(start_res=4, max_res=8, batch_size=4))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    speeds = probe_speeds(cfg, Schedule(cfg.schedule), [4, 8], device=torch.device("cpu"), world_size=2,
+                          autocast=contextlib.nullcontext, repeats=1)
+    assert set(speeds) == {4, 8} and all(s > 0 for s in speeds.values())
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_helpers():
+    assert [report.duration(s) for s in (None, 3.21, 42, 250, 7500, 3 * 86400)] == [
+        "?", "3.2 s", "42 s", "4 min 10 s", "2 h 05 min", "3.0 days"]
+    assert report.workers_text({4: 1, 8: 1, 32: 1}) == "1"
+    assert report.workers_text({64: 2, 128: 2, 256: 4, 1024: 16}) == "2 (64²-128²), 4 (256²), 16 (1024²)"
+    demo = Schedule(ScheduleConfig(start_res=4, max_res=32, fade_kimg=2, stable_kimg=2))
+    assert report.schedule_text(demo, start_images=0, end_images=16000, stop="train.total_kimg") == (
+        "4² → 32², fade 2 + stable 2 kimg per resolution; 16.0 kimg (train.total_kimg), ends at 32²")
+    assert report.schedule_text(demo, start_images=9000, end_images=10000, stop="train.max_steps 625") == (
+        "4² → 32², fade 2 + stable 2 kimg per resolution; from 9.0 kimg (16²) to 10.0 kimg (train.max_steps 625), "
+        "ends at 16²")
+
