@@ -1,4 +1,4 @@
-"""What a run says: the header before training.
+"""What a run says: the header before training and the summary at its end.
 
 Pure functions of facts the launcher gathers (no torch, no files), so that tests can call them.
 """
@@ -113,3 +113,36 @@ def header_lines(
         line("estimate", estimate),
     ]
 
+
+def swd_text(values: Mapping[str, float], resolution: int, num_images: int, seconds: float | None) -> str:
+    """'41.2 ×10³ at 32² (floor 19.8: 2.1× the floor; 512 images, 3.1 s)'."""
+    swd, floor = values["swd_mean"], values.get("swd_floor_mean")
+    text = f"{swd:.1f} ×10³ at {resolution}²"
+    details = [] if seconds is None else [f"{num_images} images, {duration(seconds)}"]
+    if floor:
+        return f"{text} (floor {floor:.1f}: {swd / floor:.1f}× the floor; {'; '.join(details) or 'recorded'})"
+    return f"{text} ({'; '.join(details)})" if details else text
+
+
+def summary_lines(
+    *,
+    trained_s: float,
+    estimate_s: float | None,
+    checkpoint: str | None,
+    swd: str | None,
+    samples: str,
+    plots: str | None,
+    next_command: str,
+) -> list[str]:
+    """What the run left and what to do next."""
+    time_text = duration(trained_s) + " of training"
+    if estimate_s is not None:
+        time_text += f" ({duration(estimate_s)} estimated at the start)"
+    lines = [line("time", time_text), line("checkpoint", checkpoint or "none written")]
+    if swd is not None:
+        lines.append(line("swd", swd))
+    lines.append(line("samples", f"{samples} (reals-<res>.png: the data at each resolution, beside the grids)"))
+    if plots is not None:
+        lines.append(line("plots", plots))
+    lines.append(line("next", next_command))
+    return lines

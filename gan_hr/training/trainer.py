@@ -13,6 +13,7 @@ import resource
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -32,7 +33,7 @@ from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
 from gan_hr.training.eta import Eta, end_images, probe_speeds
 from gan_hr.training.grad_sync import average_buffers, max_over_ranks
-from gan_hr.training.guard import StopGuard, apply_gradients
+from gan_hr.training.guard import FINISHED, StopGuard, apply_gradients
 from gan_hr.training.report import rate
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
@@ -144,6 +145,11 @@ class Trainer:
                                      max_steps=t.max_steps, total_images=self.guard.total_images)
         self.eta = Eta(self.schedule)
         self.initial_estimate: float | None = None
+        # What train() did, for the run's summary.
+        self.stop_reason: str | None = None
+        self.steps_trained = 0
+        self.trained_s = 0.0
+        self.last_checkpoint: Path | None = resume.path if resume is not None else None
         self._images_per_s: float | None = None
         self._totals: dict[str, torch.Tensor] = {}
         self._window_steps = 0
@@ -151,6 +157,11 @@ class Trainer:
         self._window_start = time.perf_counter()
         self._data_wait = 0.0
         self._corrupt = 0
+
+    @property
+    def resolution(self) -> int:
+        """The resolution the last step trained (or the checkpoint resumed from had reached)."""
+        return self._res
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -216,8 +227,18 @@ class Trainer:
 
     def train(self) -> TrainState:
         """Train until max_steps, total_kimg, a stop signal or divergence, and checkpoint then; a data
-        or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints."""
+        or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints.
+        A run resumed after it had finished trains nothing."""
         t = self.cfg.train
+        started = time.perf_counter()
+        done = self.guard.why_stop(self.state.step, self.state.images_seen)
+        if done in FINISHED:
+            self.guard.close()
+            self.stop_reason = done
+            if self.acc.is_main_process:
+                print(f"already finished ({done}) at step {self.state.step}, {self.state.kimg:.1f} kimg: "
+                      "nothing to train", flush=True)
+            return self.state
         bar = self._progress_bar()
         batches: Iterator[dict[str, Any]] | None = None
         loader = None
@@ -239,6 +260,7 @@ class Trainer:
                         batches = iter(loader)
                 before = self.state.images_seen
                 self.train_step(phase, self._next_batch(batches))
+                self.steps_trained += 1
                 bar.set_postfix_str(self._bar_text(phase), refresh=False)
                 bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
 
@@ -260,13 +282,14 @@ class Trainer:
             bar.close()
             self.guard.close()
             del batches, loader
+            self.trained_s = time.perf_counter() - started
+        self.stop_reason = reason
         if reason == "diverged":
             raise TrainingDiverged(
                 f"{self.guard.nan_streak} non-finite steps in a row at step {self.state.step}; "
                 f"the last good state is in {self.run_dir.checkpoints}")
         if self.acc.is_main_process:
-            tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg; "
-                       f"samples in {self.run_dir.samples}")
+            tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg")
         return self.state
 
     def _enter_phase(self, phase: Phase) -> None:
@@ -403,21 +426,28 @@ class Trainer:
         self._window_start = time.perf_counter()
 
     def _evaluate(self) -> None:
-        """Metrics of the EMA generator at what it was last trained on, logged with their kimg.
-        A failing metric is reported in the log and never stops training."""
-        names = self.evaluator.metrics_at(self._res)
+        self.evaluate(self.evaluator)
+
+    def evaluate(self, evaluator: Evaluator, source: str = "training") -> dict[str, Any] | None:
+        """Metrics of the EMA generator at what it was last trained on, logged with their kimg
+        (metrics.jsonl and W&B, as `source`); None when none applies at this resolution. A failing
+        metric is reported in the log and never stops training."""
+        names = evaluator.metrics_at(self._res)
         if not names:
-            return
+            return None
         record: dict[str, Any] = {"step": self.state.step, "kimg": round(self.state.kimg, 4),
-                                  "resolution": self._res, "alpha": round(self._alpha, 6), "metric_source": "training"}
+                                  "resolution": self._res, "alpha": round(self._alpha, 6), "metric_source": source}
+        if source != "training":
+            record["num_images"] = evaluator.num_images
         try:
-            record.update(self.evaluator(self.G_ema, self._res, self._alpha, metrics=names))
+            record.update(evaluator(self.G_ema, self._res, self._alpha, metrics=names))
         except Exception as exc:  # a metric must never kill a week-long run
             record["metric_error"] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"metrics at step {self.state.step} failed: {record['metric_error']}", stacklevel=2)
         if self.acc.is_main_process:
             self.log.append(record)
             self.acc.log(wandb_keys(record), step=self.state.step)
+        return record
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -465,7 +495,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "torch_version": torch.__version__,
         }
-        path = write_checkpoint(
+        path = self.last_checkpoint = write_checkpoint(
             self.run_dir.checkpoints,
             self.state.step,
             rank=self.rank,
