@@ -123,6 +123,9 @@ class TrainConfig:
     metrics_num_images: int = 2048
     # The Inception weights file FID/KID need (else $GAN_HR_INCEPTION_WEIGHTS); never downloaded.
     inception_weights: str | None = None
+    # When the run has trained as long as asked (max_steps, total_kimg): the SWD of the EMA
+    # generator against the data's real-vs-real floor, in the summary and metrics.jsonl.
+    final_swd: bool = True
 
 
 @dataclass

@@ -130,10 +130,10 @@ class _RealImages:
             self._cache_paths[key] = self.cache_dir / name
         return self._cache_paths[key]
 
-    def swd_floor_path(self, resolution: int) -> Path:
+    def swd_floor_path(self, resolution: int, dirs: int = SWD_DIRS, repeats: int = SWD_REPEATS) -> Path:
         """The file for the real-vs-real SWD floor of these num_images at ``resolution``."""
         identity = {"version": 1, "manifest": self.manifest, "resolution": resolution, "num_images": self.num_images,
-                    "seed": self.seed, "patches": SWD_PATCHES, "dirs": SWD_DIRS, "repeats": SWD_REPEATS}
+                    "seed": self.seed, "patches": SWD_PATCHES, "dirs": dirs, "repeats": repeats}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / f"swd-floor-{resolution}px-{self.num_images}img-seed{self.seed}-{digest}.json"
 
@@ -166,6 +166,8 @@ class Evaluator:
         gather: Gather | None = None,
         progress: bool = False,
         swd_floor: bool = False,
+        swd_dirs: int = SWD_DIRS,
+        swd_repeats: int = SWD_REPEATS,
     ) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
@@ -189,6 +191,8 @@ class Evaluator:
         self.gather = gather or no_gather
         self.progress = progress
         self.swd_floor = swd_floor
+        # Random projections of SWD: fewer give the same expected distance, with more noise.
+        self.swd_dirs, self.swd_repeats = swd_dirs, swd_repeats
         self.inception = InceptionFeatures(weights, device=self.device) if weights is not None else None
 
     def metrics_at(self, resolution: int) -> list[str]:
@@ -283,10 +287,11 @@ class Evaluator:
         progress bar of their own: on a CPU they take longer than making the descriptors."""
         gather = self._gather_first(self.num_images * SWD_PATCHES)
         reals, fakes = real_swd.gathered(gather), fake_swd.gathered(gather)
-        floor_path = self.reals.swd_floor_path(resolution) if self.swd_floor else None
+        dirs, repeats = self.swd_dirs, self.swd_repeats
+        floor_path = self.reals.swd_floor_path(resolution, dirs, repeats) if self.swd_floor else None
         floor = _read_json(floor_path) if floor_path is not None else None
-        steps = len(reals) * sliced_wasserstein_steps(num_dirs=SWD_DIRS, repeats=SWD_REPEATS)
-        options = {"seed": self.seed, "num_dirs": SWD_DIRS, "repeats": SWD_REPEATS, "device": self.device}
+        steps = len(reals) * sliced_wasserstein_steps(num_dirs=dirs, repeats=repeats)
+        options = {"seed": self.seed, "num_dirs": dirs, "repeats": repeats, "device": self.device}
         bar = tqdm(total=steps * (2 if floor_path is not None and floor is None else 1), desc="swd distances",
                    unit="slice", disable=not self.progress, dynamic_ncols=True)
         with bar:

@@ -16,7 +16,7 @@ from torchvision.utils import make_grid
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images [N, 3, H, W] as a saved PNG holds them: float in [-1, 1] is mapped to [0, 255],
     rounded and clipped; uint8 passes through. The metrics quantise through this too, so they
-    score exactly what `save_grid` and generate.py write."""
+    score exactly the pixel values `save_grid` and generate.py write."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
     if images.dtype == torch.uint8:
@@ -26,11 +26,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1.0) * 127.5).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None) -> np.ndarray:
-    """Write images [N, 3, H, W] in [-1, 1] as one PNG grid (square-ish); returns the grid as
-    an HWC uint8 array, for trackers."""
+# Grids are for the eye: tiles narrower than this are enlarged by a whole factor, nearest
+# neighbour, so 4² and 8² samples can be seen (4 px -> 32 px). Metrics never read grids (they
+# take generated tensors, or generate.py's one PNG per sample, which keeps its resolution).
+MIN_TILE = 32
+
+
+def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None,
+              min_tile: int = MIN_TILE) -> np.ndarray:
+    """Write images [N, 3, H, W] (float in [-1, 1], or uint8) as one PNG grid (square-ish), each
+    tile enlarged to at least `min_tile` pixels wide; returns the grid as an HWC uint8 array,
+    for trackers."""
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(to_uint8(images.cpu()), nrow=nrow, padding=2, pad_value=0)
+    tiles = to_uint8(images.cpu())
+    scale = max(1, math.ceil(min_tile / tiles.shape[-1]))
+    if scale > 1:
+        tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    grid = make_grid(tiles, nrow=nrow, padding=2, pad_value=0)
     array = grid.permute(1, 2, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def test_shipped_configs_are_valid(repo_root, name):
 def test_overrides_are_coerced(repo_root):
     cfg = load_config(repo_root / "configs/demo.yaml", [
         "train.max_steps=200", "schedule.lr=1e-3", "model.name=stylegan", "data.mirror=false",
-        "schedule.batch_by_res.16=32", "train.metrics=[swd]", "train.ema_rampup=0.05",
+        "schedule.batch_by_res.16=32", "train.metrics=[swd]", "train.ema_rampup=0.05", "train.final_swd=false",
     ])
     assert cfg.train.max_steps == 200
     assert cfg.schedule.lr == pytest.approx(1e-3)
@@ -33,6 +33,7 @@ def test_overrides_are_coerced(repo_root):
     assert cfg.schedule.batch_by_res == {16: 32}
     assert cfg.train.metrics == ["swd"]
     assert cfg.train.ema_rampup == 0.05
+    assert cfg.train.final_swd is False and load_config(repo_root / "configs/demo.yaml").train.final_swd is True
 
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("0", 0), ("4", 4)])
@@ -62,6 +63,8 @@ def test_parse_override_requires_equals():
     ("loss.name=hinge", "loss.name", "must be one of"),
     ("train.mixed_precision=fp8", "train.mixed_precision", "must be one of"),
     ("train.metrics=[swd,is]", "train.metrics[1]", "must be one of"),
+    ("train.final_swd=maybe", "train.final_swd", "expected true or false, got 'maybe'"),
+    ("train.final_swd=1", "train.final_swd", "expected true or false, got 1"),
     ("data.path=/no/such/dir", "data.path", "no such directory"),
     ("tracking.backend=tensorboard", "tracking.backend", "must be one of"),
     ("data.num_workers=-1", "data.num_workers", "must be auto or one of 0, 1, 2, 4, 8, 16 (a divisor of the data "

@@ -31,8 +31,8 @@ def _png(path) -> np.ndarray:
 def test_grid(runs, tmp_path):
     out = tmp_path / "grid.png"
     assert generate.main(["--checkpoint", str(runs / "stylegan"), "--out", str(out), "--num", "9"]) == 0
-    # 3x3 tiles of 8² with 2-pixel padding.
-    assert _png(out).shape == (3 * 10 + 2, 3 * 10 + 2, 3)
+    # 3x3 tiles of 8², each shown 4x enlarged (32 px: save_grid's MIN_TILE), with 2-pixel padding.
+    assert _png(out).shape == (3 * 34 + 2, 3 * 34 + 2, 3)
 
 
 def test_same_seed_same_image(runs, tmp_path):
@@ -57,12 +57,13 @@ def test_mixing_interpolation_and_truncation_sweep(runs, tmp_path, capsys):
     ck = str(runs / "stylegan")
     assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "m.png"), "--mode", "mixing", "--num", "4",
                           "--rows", "2", "--mix-layers", "0-1"]) == 0
-    assert _png(tmp_path / "m.png").shape[:2] == (3 * 10 + 2, 5 * 10 + 2)
+    # Tiles of 8² shown at 32 px (save_grid's MIN_TILE), 2-pixel padding.
+    assert _png(tmp_path / "m.png").shape[:2] == (3 * 34 + 2, 5 * 34 + 2)
     assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "i.png"), "--mode", "interpolation",
                           "--steps", "6"]) == 0
     strip = _png(tmp_path / "i.png")
-    assert strip.shape[:2] == (12, 6 * 10 + 2)
-    tiles = [strip[2:10, 2 + 10 * i: 10 + 10 * i] for i in range(6)]
+    assert strip.shape[:2] == (36, 6 * 34 + 2)
+    tiles = [strip[2:34, 2 + 34 * i: 34 + 34 * i] for i in range(6)]
     assert not np.array_equal(tiles[0], tiles[-1])
     assert generate.main(["--checkpoint", ck, "--out", str(tmp_path / "s.png"), "--mode", "truncation",
                           "--num", "2"]) == 0

@@ -15,6 +15,7 @@ from gan_hr.sampling import (
     latents_from_seeds,
     slerp,
     style_mixing_grid,
+    to_uint8,
     truncation_grid,
 )
 
@@ -111,3 +112,22 @@ def test_truncation_grid_rows_and_columns(G):
     torch.testing.assert_close(images[:, 0], reference(G, z))
     torch.testing.assert_close(images[:, 1], reference(G, z, truncation_psi=0.5, truncation_cutoff=0))
     torch.testing.assert_close(images[0, 2], images[1, 2])
+
+
+def test_save_grid_enlarges_small_tiles_for_the_eye(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from gan_hr.sampling import save_grid
+
+    images = torch.rand(4, 3, 4, 4) * 2 - 1
+    grid = save_grid(images, tmp_path / "g.png")
+    # 2x2 tiles of 4² shown 8x (nearest neighbour: every 8x8 block is one source pixel), 2-pixel padding.
+    assert grid.shape == (2 * 34 + 2, 2 * 34 + 2, 3)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
+    tile = grid[2:34, 2:34]
+    pixels = to_uint8(images[:1])[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(tile, pixels.repeat(8, axis=0).repeat(8, axis=1))
+    # 32² and larger are written as they are; min_tile=0 keeps any size.
+    assert save_grid(torch.zeros(2, 3, 32, 32), tmp_path / "h.png").shape == (36, 70, 3)
+    assert save_grid(images, tmp_path / "i.png", min_tile=0).shape == (2 * 6 + 2, 2 * 6 + 2, 3)

@@ -13,12 +13,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tiny widths and short phases: 8 steps per phase stretch at batch 8 (64 images).
+# Tiny widths and short phases: 8 steps per phase stretch at batch 8 (64 images). No SWD at the
+# end (seconds per run; tests/test_report.py turns it on), so metrics.jsonl has one row per step.
 TINY = [
     "model.channel_base=128", "model.channel_max=16", "model.latent_dim=16", "model.w_dim=16",
     "model.mapping_layers=2", "schedule.batch_size=8", "schedule.start_res=4", "schedule.fade_kimg=0.064",
     "schedule.stable_kimg=0.064", "schedule.max_res=16", "data.num_workers=0", "train.log_every_steps=1",
     "train.sample_grid=4", "train.checkpoint_every_kimg=1000", "train.sample_every_kimg=1000",
+    "train.final_swd=false",
 ]
 
 

@@ -27,6 +27,9 @@ from torch import nn
 from gan_hr.training.grad_sync import average_gradients
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The answers of `StopGuard.why_stop` for a run that trained as long as it was asked to; the
+# others ("diverged", "signal ...") interrupt it.
+FINISHED = ("max_steps", "total_kimg")
 
 
 class LaggedFlags:

@@ -19,16 +19,26 @@ from accelerate.utils import broadcast_object_list
 
 from gan_hr.checkpoint import Checkpoint, CheckpointError, remove_partial, resolve_checkpoint
 from gan_hr.config import Config, ConfigError, save_config
-from gan_hr.evaluation import Evaluator
+from gan_hr.data import load_manifest, loader_workers
+from gan_hr.evaluation import SWD_MIN_RESOLUTION, Evaluator
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
+from gan_hr.training import report
+from gan_hr.training.guard import FINISHED
 from gan_hr.training.precision import accelerate_device, resolve_precision
 from gan_hr.training.resume import LaunchError, Resume, report_changes, select_init, select_resume, warn
-from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id
+from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id, read_metrics
 from gan_hr.training.tracking import start_tracking
 from gan_hr.training.trainer import Trainer
 
 __all__ = ["LaunchError", "make_accelerator", "run_training"]
+
+# The final SWD takes evaluate.py's images (train.metrics_num_images, seed 0: the floor's two
+# halves are the same) with 128 random projections instead of 512 x 4. Fewer projections estimate
+# the same distance, and the distances were most of the time; fewer images would not do: the
+# floor of 512 images is much higher and noisier than that of 2048, and so the ratio to it
+# (measured on the demo: README, "Sampling and evaluation").
+FINAL_SWD_DIRS, FINAL_SWD_REPEATS = 128, 1
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -158,9 +168,6 @@ def start_run_dir(run: RunDir, cfg: Config, resume: Resume | None, init: Checkpo
     MetricsLog(run.metrics).truncate_after(step)
     if resume:
         report_changes(resume.changes, resume.ckpt)
-        print(f"resuming from {resume.ckpt.path} (step {step}, {resume.ckpt.meta['kimg']:.1f} kimg)")
-    elif init is not None:
-        print(f"warm start from {init.path} (step {init.step}, {init.meta['resolution']}x{init.meta['resolution']})")
     return record
 
 
@@ -170,6 +177,7 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     Returns the run directory."""
     if init_from is not None and resume != "none":
         raise LaunchError("--init-from starts a new run: it cannot be combined with --resume")
+    requested_precision = cfg.train.mixed_precision  # make_accelerator resolves `auto`
     acc = make_accelerator(cfg)
     run = choose_run_dir(acc, run_dir, name, resume)
     init = None
@@ -202,12 +210,18 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     tracking = start_tracking(acc, cfg, run, record[0])
     trainer = Trainer(cfg, run, acc, data_root, resume=ckpt.ckpt if ckpt else None, init=init,
                       init_optimizers=init_optimizers, wandb_run_id=record[0]["wandb_run_id"], evaluator=evaluator)
+    if acc.is_main_process:
+        print("\n".join(_header(cfg, acc, run, trainer, data_root, requested_precision, _start(ckpt, init))),
+              flush=True)
     exit_code = 1
     try:
         trainer.train()
         exit_code = 0
+        swd = _final_swd(cfg, acc, trainer, data_root)
         if acc.is_main_process:
-            tracking.log_plots(_write_plots(run.root))  # before the W&B run closes
+            plots = _write_plots(run.root)
+            tracking.log_plots(plots)  # before the W&B run closes
+            print("\n".join(_summary(run, trainer, swd, plots)), flush=True)
         return run
     finally:
         tracking.finish(exit_code)
@@ -223,10 +237,87 @@ def _write_plots(run_dir: Path) -> list[Path]:
     from gan_hr.plots import plot_run
 
     try:
-        written = plot_run(run_dir)
+        return plot_run(run_dir)
     except (OSError, ValueError) as exc:
         warnings.warn(f"no plots written: {exc}", stacklevel=2)
         return []
-    if written:
-        print(f"plots in {written[0].parent}")
-    return written
+
+
+def _start(resume: Resume | None, init: Checkpoint | None) -> str:
+    if resume is not None:
+        return f"resuming from {resume.ckpt.path} (step {resume.ckpt.step}, {resume.ckpt.meta['kimg']:.1f} kimg)"
+    if init is not None:
+        return f"warm start from {init.path} (step {init.step}, {init.meta['resolution']}x{init.meta['resolution']})"
+    return "a new run"
+
+
+def _header(cfg: Config, acc: Accelerator, run: RunDir, trainer: Trainer, data_root: str, requested_precision: str,
+            start: str) -> list[str]:
+    """The run's header (main process): the facts, and the estimate from a timing probe."""
+    try:
+        manifest = load_manifest(data_root)
+        num_images, data_resolutions = manifest["num_images"], manifest["resolutions"]
+    except (OSError, ValueError):  # remote data the stream will report on itself
+        num_images, data_resolutions = None, []
+    schedule, state = trainer.schedule, trainer.state
+    trained = trainer.resolutions_ahead() or [trainer.resolution]
+    device = str(acc.device)
+    if acc.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(acc.device)})"
+    t = cfg.train
+    at_steps = t.max_steps is not None and trainer.end_images < trainer.guard.total_images
+    return report.header_lines(
+        run_dir=str(run.root), start=start, device=device, precision=t.mixed_precision,
+        requested_precision=requested_precision, processes=acc.num_processes,
+        workers={res: loader_workers(cfg.data.num_workers, res) for res in trained},
+        data_root=data_root, num_images=num_images, data_resolutions=data_resolutions, model=cfg.model.name,
+        parameters=(sum(p.numel() for p in trainer.G.parameters()), sum(p.numel() for p in trainer.D.parameters())),
+        schedule=report.schedule_text(schedule, start_images=state.images_seen, end_images=trainer.end_images,
+                                      stop=f"train.max_steps {t.max_steps}" if at_steps else "train.total_kimg"),
+        estimate_s=trainer.estimate(), probe=trainer.eta.probe,
+    )
+
+
+def _final_swd(cfg: Config, acc: Accelerator, trainer: Trainer, data_root: str) -> str | None:
+    """The summary's swd line, on every process (they evaluate together): the final EMA
+    generator's SWD against the data's real-vs-real floor, logged as metric_source "final"; or why
+    there is none. None when train.final_swd is off."""
+    if not cfg.train.final_swd:
+        return None
+    if trainer.stop_reason not in FINISHED:
+        return f"not computed: the run was interrupted ({trainer.stop_reason})"
+    res = trainer.resolution
+    if res < SWD_MIN_RESOLUTION:
+        return f"not computed: SWD needs {SWD_MIN_RESOLUTION}² or more, the run ended at {res}²"
+    if trainer.steps_trained == 0:  # resumed after it had finished: what was recorded then
+        if acc.is_main_process:
+            rows = [r for r in read_metrics(trainer.run_dir.metrics)
+                    if r.get("metric_source") == "final" and r.get("step") == trainer.state.step and "swd_mean" in r]
+            if rows:
+                return report.swd_text(rows[-1], res, rows[-1].get("num_images", 0), None)
+        return (f"not recorded for this checkpoint: python pipelines/evaluate.py --checkpoint "
+                f"{trainer.last_checkpoint} --metric swd")
+    num = min(cfg.train.metrics_num_images, load_manifest(data_root)["num_images"])
+    if acc.is_main_process:
+        print(f"final swd: {num} images at {res}² (train.final_swd)", flush=True)
+    started = time.perf_counter()
+    evaluator = Evaluator(data_root, ["swd"], num_images=num, device=acc.device, rank=acc.process_index,
+                          world_size=acc.num_processes, gather=acc.gather, swd_floor=True,
+                          swd_dirs=FINAL_SWD_DIRS, swd_repeats=FINAL_SWD_REPEATS)
+    record = trainer.evaluate(evaluator, source="final")
+    if record is None or "swd_mean" not in record:
+        return f"failed: {record.get('metric_error') if record else 'no SWD at this resolution'}"
+    return report.swd_text(record, res, num, time.perf_counter() - started)
+
+
+def _summary(run: RunDir, trainer: Trainer, swd: str | None, plots: list[Path]) -> list[str]:
+    ckpt = trainer.last_checkpoint
+    if trainer.stop_reason in FINISHED and ckpt is not None:
+        next_command = f"python pipelines/generate.py --checkpoint {ckpt} --out grid.png --num 16 --seed 0"
+    else:
+        next_command = f"continue it: the same command with --run-dir {run.root} --resume auto"
+    return report.summary_lines(
+        trained_s=trainer.trained_s, estimate_s=trainer.initial_estimate,
+        checkpoint=str(ckpt) if ckpt is not None else None, swd=swd, samples=str(run.samples),
+        plots=str(plots[0].parent) if plots else None, next_command=next_command,
+    )

@@ -50,7 +50,7 @@ QUIET_KEYS = (
     "train.max_steps", "train.total_kimg", "data.num_workers", "train.log_every_steps", "train.sample_every_kimg",
     "train.sample_grid", "train.checkpoint_every_kimg", "train.keep_checkpoints", "train.metrics",
     "train.metrics_every_kimg", "train.metrics_num_images", "train.inception_weights", "train.compile",
-    "train.compile_backend", "tracking.",
+    "train.compile_backend", "train.final_swd", "tracking.",
 )
 
 

@@ -31,7 +31,9 @@ _SECTIONS = {
     "guard": ("nan_skipped", "corrupt_skipped"),
     "metrics": ("swd_", "fid", "kid", "kid_", "metric_error"),
 }
-_NOT_LOGGED = ("step", "metric_source")  # the step is W&B's own; the source is always "training" here
+# The step is W&B's own; the source ("training", or "final" for the end of run SWD) and the
+# image count describe a metric row rather than being one.
+_NOT_LOGGED = ("step", "metric_source", "num_images")
 
 
 def _section(key: str) -> str:

@@ -13,6 +13,7 @@ import resource
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from gan_hr.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.config import Config
-from gan_hr.data import loader_workers, make_loader, to_float
+from gan_hr.data import ShardStream, load_manifest, loader_workers, make_loader, resolution_shards, to_float
 from gan_hr.evaluation import Evaluator
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
@@ -30,8 +31,10 @@ from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
+from gan_hr.training.eta import Eta, end_images, probe_speeds
 from gan_hr.training.grad_sync import average_buffers, max_over_ranks
-from gan_hr.training.guard import StopGuard, apply_gradients
+from gan_hr.training.guard import FINISHED, StopGuard, apply_gradients
+from gan_hr.training.report import rate
 from gan_hr.training.run_dir import MetricsLog, RunDir
 from gan_hr.training.sync_batchnorm import convert_sync_batchnorm
 from gan_hr.training.tracking import wandb_keys
@@ -140,12 +143,28 @@ class Trainer:
         self.guard = StopGuard(self.device, nan_tolerance=t.nan_tolerance, max_steps=t.max_steps,
                                total_images=round(t.total_kimg * 1000), nan_streak=self.state.nan_streak,
                                nan_skipped=self.state.nan_skipped, lagged=lagged_flags)
+        # Where the run will stop, in images, and the time left until then (see eta.py).
+        self.end_images = end_images(self.schedule, step=self.state.step, images_seen=self.state.images_seen,
+                                     max_steps=t.max_steps, total_images=self.guard.total_images)
+        self.eta = Eta(self.schedule)
+        self.initial_estimate: float | None = None
+        # What train() did, for the run's summary.
+        self.stop_reason: str | None = None
+        self.steps_trained = 0
+        self.trained_s = 0.0
+        self.last_checkpoint: Path | None = resume.path if resume is not None else None
+        self._images_per_s: float | None = None
         self._totals: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._window_images = 0
         self._window_start = time.perf_counter()
         self._data_wait = 0.0
         self._corrupt = 0
+
+    @property
+    def resolution(self) -> int:
+        """The resolution the last step trained (or the checkpoint resumed from had reached)."""
+        return self._res
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -188,13 +207,42 @@ class Trainer:
             self.scaler_G.load_state_dict(ckpt.optim["scaler_G"])
             self.scaler_D.load_state_dict(ckpt.optim["scaler_D"])
 
+    def resolutions_ahead(self) -> list[int]:
+        """The resolutions still to train, from the current one to the one the run ends at."""
+        if self.state.images_seen >= self.end_images:
+            return []
+        first = self.schedule.phase_at(self.state.images_seen).index
+        last = self.schedule.phase_at(self.end_images - 1).index
+        return [p.resolution for p in self.schedule.phases[first:last + 1]]
+
+    def estimate(self) -> float | None:
+        """Seconds the run has left, before any step: times the resolutions still to train
+        (`eta.probe_speeds`, which leaves the run's state alone). None when nothing is left."""
+        resolutions = self.resolutions_ahead()
+        if not resolutions:
+            return None
+        self.eta = Eta(self.schedule, probe_speeds(self.cfg, self.schedule, resolutions, device=self.device,
+                                                   world_size=self.world, autocast=self.acc.autocast))
+        self.initial_estimate = self.eta.remaining(self.state.images_seen, self.end_images)
+        return self.initial_estimate
+
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainState:
         """Train until max_steps, total_kimg, a stop signal or divergence, and checkpoint then; a data
-        or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints."""
+        or storage fault (DataError, CheckpointWriteError) ends it with the earlier checkpoints.
+        A run resumed after it had finished trains nothing."""
         t = self.cfg.train
-        bar = self._progress_bar(self.guard.total_images)
+        started = time.perf_counter()
+        done = self.guard.why_stop(self.state.step, self.state.images_seen)
+        if done in FINISHED:
+            self.guard.close()
+            self.stop_reason = done
+            if self.acc.is_main_process:
+                print(f"already finished ({done}) at step {self.state.step}, {self.state.kimg:.1f} kimg: "
+                      "nothing to train", flush=True)
+            return self.state
+        bar = self._progress_bar()
         batches: Iterator[dict[str, Any]] | None = None
         loader = None
         reason = None
@@ -207,6 +255,7 @@ class Trainer:
                     self._enter_phase(phase)
                     batches = None
                 if batches is None:
+                    self._write_reals(phase.resolution)
                     # DataLoader draws its base seed from the global RNG: keep that draw out of
                     # the training stream, or a resumed run would be one draw off.
                     with torch.random.fork_rng(devices=[]):
@@ -214,6 +263,8 @@ class Trainer:
                         batches = iter(loader)
                 before = self.state.images_seen
                 self.train_step(phase, self._next_batch(batches))
+                self.steps_trained += 1
+                bar.set_postfix_str(self._bar_text(phase), refresh=False)
                 bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
 
                 reason = self.guard.why_stop(self.state.step, self.state.images_seen)
@@ -234,13 +285,14 @@ class Trainer:
             bar.close()
             self.guard.close()
             del batches, loader
+            self.trained_s = time.perf_counter() - started
+        self.stop_reason = reason
         if reason == "diverged":
             raise TrainingDiverged(
                 f"{self.guard.nan_streak} non-finite steps in a row at step {self.state.step}; "
                 f"the last good state is in {self.run_dir.checkpoints}")
         if self.acc.is_main_process:
-            tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg; "
-                       f"samples in {self.run_dir.samples}")
+            tqdm.write(f"stopped ({reason}) at step {self.state.step}, {self.state.kimg:.1f} kimg")
         return self.state
 
     def _enter_phase(self, phase: Phase) -> None:
@@ -369,29 +421,36 @@ class Trainer:
         if self.acc.is_main_process:
             self.log.append(record)
             self.acc.log(wandb_keys(record), step=self.state.step)
-            bar.set_postfix(res=phase.resolution, alpha=f"{record['alpha']:.2f}", kimg=f"{record['kimg']:.1f}",
-                            img_s=f"{record['images_per_s']:.1f}")
+        self._images_per_s = record["images_per_s"]
+        self.eta.measure(phase.resolution, self._window_images, elapsed)
         self._totals.clear()
         self._window_steps = self._window_images = 0
         self._data_wait = 0.0
         self._window_start = time.perf_counter()
 
     def _evaluate(self) -> None:
-        """Metrics of the EMA generator at what it was last trained on, logged with their kimg.
-        A failing metric is reported in the log and never stops training."""
-        names = self.evaluator.metrics_at(self._res)
+        self.evaluate(self.evaluator)
+
+    def evaluate(self, evaluator: Evaluator, source: str = "training") -> dict[str, Any] | None:
+        """Metrics of the EMA generator at what it was last trained on, logged with their kimg
+        (metrics.jsonl and W&B, as `source`); None when none applies at this resolution. A failing
+        metric is reported in the log and never stops training."""
+        names = evaluator.metrics_at(self._res)
         if not names:
-            return
+            return None
         record: dict[str, Any] = {"step": self.state.step, "kimg": round(self.state.kimg, 4),
-                                  "resolution": self._res, "alpha": round(self._alpha, 6), "metric_source": "training"}
+                                  "resolution": self._res, "alpha": round(self._alpha, 6), "metric_source": source}
+        if source != "training":
+            record["num_images"] = evaluator.num_images
         try:
-            record.update(self.evaluator(self.G_ema, self._res, self._alpha, metrics=names))
+            record.update(evaluator(self.G_ema, self._res, self._alpha, metrics=names))
         except Exception as exc:  # a metric must never kill a week-long run
             record["metric_error"] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"metrics at step {self.state.step} failed: {record['metric_error']}", stacklevel=2)
         if self.acc.is_main_process:
             self.log.append(record)
             self.acc.log(wandb_keys(record), step=self.state.step)
+        return record
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -411,6 +470,16 @@ class Trainer:
         if self.cfg.tracking.backend == "wandb":
             self.acc.get_tracker("wandb").log_images({"samples/grid": [grid]}, step=self.state.step)
 
+    def _write_reals(self, resolution: int) -> None:
+        """samples/reals-<res>.png, once per resolution: the first train.sample_grid images of
+        the data's seed-0 stream (the real set evaluations start with), beside the fakes."""
+        path = self.run_dir.samples / f"reals-{resolution}.png"
+        if not self.acc.is_main_process or path.exists():
+            return
+        shards = resolution_shards(load_manifest(self.data_root), self.data_root, resolution)
+        stream = ShardStream(shards, batch_size=self.cfg.train.sample_grid, resolution=resolution, seed=0, slots=1)
+        save_grid(next(iter(stream))["image"], path)
+
     def _checkpoint(self, kind: str) -> None:
         self.guard.sync()  # the saved counters are this step's
         self.state.nan_streak, self.state.nan_skipped = self.guard.nan_streak, self.guard.nan_skipped
@@ -429,7 +498,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "torch_version": torch.__version__,
         }
-        path = write_checkpoint(
+        path = self.last_checkpoint = write_checkpoint(
             self.run_dir.checkpoints,
             self.state.step,
             rank=self.rank,
@@ -457,14 +526,25 @@ class Trainer:
         gathered = self.acc.gather(local.unsqueeze(0)) if self.world > 1 else local.unsqueeze(0)
         return gathered.cpu().tolist()
 
-    def _progress_bar(self, total_images: int) -> tqdm:
+    def _progress_bar(self) -> tqdm:
+        """Steps (with train.max_steps) or images; its eta is the schedule's (`_bar_text`), not
+        tqdm's single rate, which is wrong across phases and after a resume."""
         t = self.cfg.train
-        disable = not self.acc.is_main_process
-        if t.max_steps:
-            return tqdm(total=t.max_steps, initial=min(self.state.step, t.max_steps), unit="step", disable=disable,
-                        dynamic_ncols=True)
-        return tqdm(total=total_images, initial=min(self.state.images_seen, total_images), unit="img",
-                    unit_scale=True, disable=disable, dynamic_ncols=True)
+        steps = t.max_steps is not None
+        total, done = (t.max_steps, self.state.step) if steps else (self.guard.total_images, self.state.images_seen)
+        return tqdm(total=total, initial=min(done, total), unit="step" if steps else "img", unit_scale=not steps,
+                    disable=not self.acc.is_main_process, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]")
+
+    def _bar_text(self, phase: Phase) -> str:
+        """'eta 01:48, 16² α 0.46, 95 img/s': α while fading in, the last logging window's speed."""
+        left = self.eta.remaining(self.state.images_seen, self.end_images)
+        text = f"eta {'?' if left is None else tqdm.format_interval(left)}, {phase.resolution}²"
+        if self._alpha < 1:
+            text += f" α {self._alpha:.2f}"
+        if self._images_per_s is not None:
+            text += f", {rate(self._images_per_s)} img/s"
+        return text
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,151 @@
+"""How long a run has left, phase by phase.
+
+Later resolutions are slower, so one rate for the whole run (tqdm's own remaining time) is wrong
+across phases, and after a resume it counts the images the run started with as if they were
+trained in this process. Here each phase's remaining images are divided by the speed of its own
+resolution:
+
+* measured: the images/s of the latest logging windows at that resolution, in this process (a
+  resumed run measures afresh), each window weighing `DECAY` times less than the next, so that
+  one slow window (a checkpoint, a busy machine) moves the estimate without taking it over;
+* not measured yet: the timing probe's speed at that resolution, scaled by how the most recently
+  measured resolution's measured speed compares with its probe (the probe times G and D alone,
+  not the loader, EMA, optimizer and logging, so it is read as relative cost);
+* nothing measured yet: the probe's speed as it is (the header's estimate).
+
+The probe (`probe_speeds`) trains nothing of the run: it times a D and a G step on networks built
+afresh from the config, inside `fork_rng`, so the run's weights, buffers (StyleGAN's w_avg) and
+random stream are untouched, and resume stays bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+
+import torch
+
+from gan_hr.config import Config
+from gan_hr.losses import discriminator_loss, generator_loss
+from gan_hr.models import build_discriminator, build_generator
+from gan_hr.schedule import Schedule
+
+# Weight of the earlier windows' images and seconds against the newest window's.
+DECAY = 0.5
+
+
+def end_images(schedule: Schedule, *, step: int, images_seen: int, max_steps: int | None,
+               total_images: int) -> int:
+    """Images seen when the run stops: the first step boundary at or past `total_images`, or
+    after `max_steps` steps, whichever comes first. Steps are walked phase by phase from
+    (`step`, `images_seen`), each of its phase's global batch, as the trainer takes them."""
+    limit_steps = max_steps if max_steps is not None else math.inf
+    while step < limit_steps and images_seen < total_images:
+        phase = schedule.phase_at(images_seen)
+        batch = schedule.batch_size(phase.resolution)
+        steps = math.ceil((min(phase.end_images, total_images) - images_seen) / batch)
+        steps = int(min(steps, limit_steps - step))
+        images_seen += steps * batch
+        step += steps
+    return images_seen
+
+
+class Eta:
+    """Seconds left from a number of images seen to the run's end, at per-resolution speeds."""
+
+    def __init__(self, schedule: Schedule, probe: Mapping[int, float] | None = None) -> None:
+        self.schedule = schedule
+        self.probe = dict(probe or {})  # images/s per resolution, from `probe_speeds`
+        self.windows: dict[int, tuple[float, float]] = {}  # resolution -> decayed (images, seconds)
+        self.latest: int | None = None  # the resolution measured last
+
+    def measure(self, resolution: int, images: float, seconds: float) -> None:
+        """A logging window at `resolution`: `images` (all processes together) in `seconds`."""
+        if images > 0 and seconds > 0 and math.isfinite(seconds):
+            before_images, before_seconds = self.windows.get(resolution, (0.0, 0.0))
+            self.windows[resolution] = (DECAY * before_images + images, DECAY * before_seconds + seconds)
+            self.latest = resolution
+
+    def measured(self, resolution: int) -> float | None:
+        """Images/s measured at `resolution` in this process, or None."""
+        if resolution not in self.windows:
+            return None
+        images, seconds = self.windows[resolution]
+        return images / seconds
+
+    def speed(self, resolution: int) -> float | None:
+        """Images/s expected at `resolution`, or None when there is nothing to go on."""
+        measured = self.measured(resolution)
+        if measured is not None:
+            return measured
+        if resolution not in self.probe:
+            return None
+        if self.latest is not None and self.latest in self.probe:
+            return self.probe[resolution] * self.measured(self.latest) / self.probe[self.latest]
+        return self.probe[resolution]
+
+    def remaining(self, images_seen: float, end: float) -> float | None:
+        """Seconds from `images_seen` to `end`: each phase's share at its resolution's speed."""
+        seconds = 0.0
+        for phase in self.schedule.phases:
+            start, stop = max(images_seen, phase.start_images), min(end, phase.end_images)
+            if stop <= start:
+                continue
+            speed = self.speed(phase.resolution)
+            if speed is None:
+                return None
+            seconds += (stop - start) / speed
+        return seconds
+
+
+def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, device: torch.device,
+                 world_size: int, autocast: Callable[[], AbstractContextManager], repeats: int = 2,
+                 ) -> dict[int, float]:
+    """Images/s of the whole run (all processes together) at each of `resolutions`: one D step
+    with its penalty and one G step, forward and backward, on fresh networks at the per-process
+    batch, timed `repeats` times after one warm-up (the fastest counts). No optimizer step, no
+    data, no collective: every process may call it alone."""
+    cuda = [device] if device.type == "cuda" else []
+    speeds: dict[int, float] = {}
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(0)
+        G = build_generator(cfg.model, cfg.schedule.max_res).to(device).train()
+        D = build_discriminator(cfg.model, cfg.schedule.max_res).to(device).train()
+        for res in resolutions:
+            global_batch = schedule.batch_size(res)
+            n = global_batch // world_size
+            real = torch.rand(n, 3, res, res, device=device) * 2 - 1
+            times = []
+            for _ in range(1 + repeats):
+                start = time.perf_counter()
+                _probe_step(cfg, G, D, real, res, autocast)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+            speeds[res] = global_batch / min(times[1:])
+        del G, D
+    if cuda:
+        torch.cuda.empty_cache()
+    return speeds
+
+
+def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
+                autocast: Callable[[], AbstractContextManager]) -> None:
+    """The work of a training step's D and G halves (Trainer.train_step), without applying it."""
+    n, latent = real.shape[0], cfg.model.latent_dim
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return D(x, res, 1.0)
+
+    with torch.no_grad(), autocast():
+        fake = G(torch.randn(n, latent, device=real.device), res, 1.0)
+    with autocast():
+        loss_d, _ = discriminator_loss(cfg.loss, score, real, fake.float())
+    loss_d.backward()
+    with autocast():
+        loss_g, _ = generator_loss(cfg.loss, score(G(torch.randn(n, latent, device=real.device), res, 1.0)))
+    loss_g.backward()
+    G.zero_grad(set_to_none=True)
+    D.zero_grad(set_to_none=True)
