@@ -44,7 +44,7 @@ def test_a_short_demo_learns_the_shapes(shapes16, tmp_path, repo_root):
                     *SHORT_DEMO], cwd=repo_root, check=True, capture_output=True, timeout=600)
     trained = load_generator(run)
     assert trained.resolution == 16 and trained.alpha == 1.0
-    evaluator = Evaluator(shapes16, ["swd"], num_images=NUM_IMAGES, swd_floor=True)
+    evaluator = Evaluator(str(shapes16), ["swd"], num_images=NUM_IMAGES, swd_floor=True)
     learned = evaluator(trained.generator, 16)
     torch.manual_seed(0)
     fresh = build_generator(trained.config.model, trained.config.schedule.max_res).eval()

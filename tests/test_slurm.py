@@ -30,7 +30,8 @@ LAUNCH = REPO / "slurm" / "launch.py"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 # Small enough that a CPU step takes a fraction of a second on two busy cores.
 TINY = [
-    "data.synthetic_images=64", "data.num_workers=1", "schedule.batch_size=4", "schedule.max_res=8",
+    "data.synthetic_images=64", "data.num_workers=1", "schedule.batch_size=4", "schedule.start_res=4",
+    "schedule.max_res=8",
     "model.channel_base=128", "model.channel_max=16", "model.latent_dim=16", "model.w_dim=16",
     "train.sample_grid=4", "train.log_every_steps=1", "tracking.backend=none",
 ]
