@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from train_helpers import cpu_env
 
 from gan_hr.evaluation import Evaluator
 from gan_hr.inference import load_generator
@@ -41,7 +42,7 @@ def shapes16(tmp_path_factory):
 def test_a_short_demo_learns_the_shapes(shapes16, tmp_path, repo_root):
     run = tmp_path / "run"
     subprocess.run([sys.executable, "pipelines/train_progressive.py", "--run-dir", str(run), f"data.path={shapes16}",
-                    *SHORT_DEMO], cwd=repo_root, check=True, capture_output=True, timeout=600)
+                    *SHORT_DEMO], cwd=repo_root, env=cpu_env(), check=True, capture_output=True, timeout=600)
     trained = load_generator(run)
     assert trained.resolution == 16 and trained.alpha == 1.0
     evaluator = Evaluator(str(shapes16), ["swd"], num_images=NUM_IMAGES, swd_floor=True)
