@@ -38,7 +38,9 @@ PROGRESSIVE = " ".join([*TINY, "train.max_steps=28"])
 OVERRIDES = [
     ("make demo", lambda c: c.replace("make demo", f'make -o .venv/.installed demo ARGS="{PROGRESSIVE}"')),
     ("pipelines/train_progressive.py", lambda c: f"{c} {PROGRESSIVE}"),
-    ("pipelines/train_baseline.py", lambda c: f"{c} train.max_steps=2 data.num_workers=0 train.sample_grid=4"),
+    # The baseline keeps its final SWD (TINY turns it off), on fewer images.
+    ("pipelines/train_baseline.py",
+     lambda c: f"{c} train.max_steps=2 data.num_workers=0 train.sample_grid=4 train.metrics_num_images=256"),
     ("--num 10000", lambda c: f"{c} --num 8"),
     ("pipelines/evaluate.py", lambda c: f"{c} --num 64"),
 ]
