@@ -53,16 +53,23 @@ def test_eta_before_any_step_is_the_probe_phase_by_phase():
     assert eta.remaining(5000, 5000) == 0
 
 
-def test_eta_follows_measured_speeds_and_scales_the_probe_for_the_rest():
+def test_eta_follows_measured_speeds_and_adds_their_overhead_to_the_probe_for_the_rest():
     eta = Eta(SCHEDULE, PROBE)
-    eta.measure(4, 400, 2.0)  # twice the probe: the later resolutions are expected twice as fast too
-    assert eta.speed(8) == pytest.approx(100.0) and eta.speed(16) == pytest.approx(20.0)
-    assert eta.remaining(500, 5000) == pytest.approx(500 / 200 + 2000 / 100 + 2000 / 20)
-    eta.measure(8, 300, 5.0)  # the newest measurement sets the scale for what is not measured yet
-    assert eta.speed(4) == 200.0 and eta.speed(16) == pytest.approx(10.0 * 60 / 50)
-    assert eta.remaining(2000, 5000) == pytest.approx(1000 / 60 + 2000 / 12)
+    eta.measure(4, 100, 2.0)  # 50 img/s: a step of 10 took 0.2 s where the probe's took 0.1 s
+    assert eta.speed(4) == 50.0
+    assert eta.speed(8) == pytest.approx(10 / (10 / 50 + 0.1))  # the same 0.1 s more per step
+    assert eta.speed(16) == pytest.approx(5 / (5 / 10 + 0.1))  # per step, at its own batch of 5
+    assert eta.remaining(500, 5000) == pytest.approx(500 / 50 + 2000 / (100 / 3) + 2000 / (5 / 0.6))
+    eta.measure(8, 300, 10.0)  # the newest measurement sets what is added where nothing is measured yet
+    assert eta.speed(4) == 50.0 and eta.speed(8) == 30.0
+    assert eta.speed(16) == pytest.approx(5 / (5 / 10 + 10 / 30 - 10 / 50))
+    assert eta.remaining(2000, 5000) == pytest.approx(1000 / 30 + 2000 / eta.speed(16))
     eta.measure(8, 300, float("nan"))  # a window with no time is ignored
-    assert eta.speed(8) == 60.0
+    assert eta.speed(8) == 30.0
+    # A probe far slower than the run (taken on a busy machine): its relative costs are kept.
+    busy = Eta(SCHEDULE, PROBE)
+    busy.measure(16, 1000, 10.0)  # 100 img/s, ten times the probe's 16²
+    assert busy.speed(8) == pytest.approx(500.0)
 
 
 def test_eta_weighs_recent_windows_more():

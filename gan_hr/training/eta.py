@@ -8,9 +8,11 @@ resolution:
 * measured: the images/s of the latest logging windows at that resolution, in this process (a
   resumed run measures afresh), each window weighing `DECAY` times less than the next, so that
   one slow window (a checkpoint, a busy machine) moves the estimate without taking it over;
-* not measured yet: the timing probe's speed at that resolution, scaled by how the most recently
-  measured resolution's measured speed compares with its probe (the probe times G and D alone,
-  not the loader, EMA, optimizer and logging, so it is read as relative cost);
+* not measured yet: the timing probe's step time at that resolution plus what a real step took
+  beyond its probe at the most recently measured resolution. The probe times G and D alone; the
+  rest of a step (optimizer, EMA, guard, logging, Python, waiting for data) costs about the same
+  at every resolution, and at 4² it is most of the step: scaling by the ratio of measured to
+  probe instead predicted the demo's later phases 3-4x too slow from its 4² measurement;
 * nothing measured yet: the probe's speed as it is (the header's estimate).
 
 The probe (`probe_speeds`) trains nothing of the run: it times a D and a G step on networks built
@@ -82,9 +84,16 @@ class Eta:
             return measured
         if resolution not in self.probe:
             return None
-        if self.latest is not None and self.latest in self.probe:
-            return self.probe[resolution] * self.measured(self.latest) / self.probe[self.latest]
-        return self.probe[resolution]
+        latest = self.latest
+        if latest is None or latest not in self.probe:
+            return self.probe[resolution]
+        batch, batch_latest = self.schedule.batch_size(resolution), self.schedule.batch_size(latest)
+        # Seconds a real step took beyond its probe (negative when the probe ran on a busier machine).
+        extra = batch_latest / self.measured(latest) - batch_latest / self.probe[latest]
+        step = batch / self.probe[resolution] + extra
+        if step <= 0:  # a probe far off: keep its relative cost instead
+            return self.probe[resolution] * self.measured(latest) / self.probe[latest]
+        return batch / step
 
     def remaining(self, images_seen: float, end: float) -> float | None:
         """Seconds from `images_seen` to `end`: each phase's share at its resolution's speed."""
@@ -139,11 +148,13 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     def score(x: torch.Tensor) -> torch.Tensor:
         return D(x, res, 1.0)
 
+    D.requires_grad_(True)
     with torch.no_grad(), autocast():
         fake = G(torch.randn(n, latent, device=real.device), res, 1.0)
     with autocast():
         loss_d, _ = discriminator_loss(cfg.loss, score, real, fake.float())
     loss_d.backward()
+    D.requires_grad_(False)  # as in training: the G step computes no gradient for D's weights
     with autocast():
         loss_g, _ = generator_loss(cfg.loss, score(G(torch.randn(n, latent, device=real.device), res, 1.0)))
     loss_g.backward()
