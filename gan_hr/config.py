@@ -64,6 +64,9 @@ class ModelConfig:
     base_width: int = 64
     # SyncBatchNorm for batch-norm models: auto = on when more than one process.
     sync_batchnorm: str = "auto"
+    # Spectral normalization of every discriminator layer (Miyato et al. 2018), any model and
+    # loss; the DCGAN discriminator then has no batch norm. See gan_hr/nn/spectral.py.
+    d_spectral_norm: bool = False
 
 
 @dataclass

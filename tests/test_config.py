@@ -65,6 +65,7 @@ def test_parse_override_requires_equals():
     ("train.metrics=[swd,is]", "train.metrics[1]", "must be one of"),
     ("train.final_swd=maybe", "train.final_swd", "expected true or false, got 'maybe'"),
     ("train.final_swd=1", "train.final_swd", "expected true or false, got 1"),
+    ("model.d_spectral_norm=yes please", "model.d_spectral_norm", "expected true or false, got 'yes please'"),
     ("data.path=/no/such/dir", "data.path", "no such directory"),
     ("tracking.backend=tensorboard", "tracking.backend", "must be one of"),
     ("data.num_workers=-1", "data.num_workers", "must be auto or one of 0, 1, 2, 4, 8, 16 (a divisor of the data "

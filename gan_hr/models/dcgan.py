@@ -9,6 +9,12 @@ Widths: the feature maps at resolution r have `dcgan_channels(r, max_res, base_w
 4, 8, 16, 32; larger outputs add blocks at the top (4² and 8² stay capped at 8 W) so the
 layer just below the image always has W channels.
 
+With `model.d_spectral_norm` every discriminator conv is spectrally normalized
+(`SpectralNormConv2d`, gan_hr/nn/spectral.py) and the discriminator has no batch norm, as in
+Miyato et al.'s DCGAN-style discriminator: batch norm divides by the batch's standard deviation,
+which undoes any scaling of the conv before it, so SN on a conv followed by batch norm would
+change nothing.
+
 Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: when `model.sync_batchnorm`
 asks for it, the trainer swaps each one for `gan_hr.training.sync_batchnorm.SyncBatchNorm2d`
 (`convert_sync_batchnorm` there; unlike torch's SyncBatchNorm it also runs on CPU with gloo), so
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 from gan_hr.config import ModelConfig
+from gan_hr.nn.spectral import INIT_ITERATIONS, SpectralNormConv2d, update_spectral_norms
 from gan_hr.resolutions import check_max_res, resolutions_between
 
 __all__ = [
@@ -86,10 +93,12 @@ class DCGANUpBlock(nn.Module):
 class DCGANDownBlock(nn.Module):
     """Stride-2 conv + (BatchNorm) + LeakyReLU(0.2) producing `resolution`² from twice that."""
 
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, *, batch_norm: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, resolution: int, *, batch_norm: bool,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
-        self.conv = nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=not batch_norm)
+        conv = SpectralNormConv2d if spectral_norm else nn.Conv2d
+        self.conv = conv(in_channels, out_channels, 4, 2, 1, bias=not batch_norm)
         self.norm = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
         self.act = nn.LeakyReLU(0.2)
 
@@ -131,7 +140,8 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """Images -> stride-2 conv blocks down to 4x4 (batch norm on all but the first) -> a 4x4 conv
-    giving one raw score per image; the loss applies the sigmoid or the least squares."""
+    giving one raw score per image; the loss applies the sigmoid or the least squares. With
+    `model.d_spectral_norm`: every conv spectrally normalized, and no batch norm."""
 
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
@@ -140,14 +150,16 @@ class DCGANDiscriminator(nn.Module):
         w = cfg.base_width
         in_ch = 3
         blocks = []
+        sn = cfg.d_spectral_norm
         for i, res in enumerate(reversed(_feature_resolutions(max_res))):
             out_ch = dcgan_channels(res, max_res, w)
-            # No batch norm on the image-facing layer, as in the paper.
-            blocks.append(DCGANDownBlock(in_ch, out_ch, res, batch_norm=i > 0))
+            # No batch norm on the image-facing layer, as in the paper (nor anywhere under SN).
+            blocks.append(DCGANDownBlock(in_ch, out_ch, res, batch_norm=i > 0 and not sn, spectral_norm=sn))
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.score = nn.Conv2d(in_ch, 1, _BASE_RES, 1, 0)
+        self.score = (SpectralNormConv2d if sn else nn.Conv2d)(in_ch, 1, _BASE_RES, 1, 0)
         init_dcgan_weights(self)
+        update_spectral_norms(self, INIT_ITERATIONS)  # after the init: u follows the final weights
 
     def regions(self) -> list[nn.Module]:
         """The fixed-shape layer stacks (see ProGANGenerator.regions)."""

@@ -36,6 +36,7 @@ from gan_hr.nn.layers import (
     pixel_norm,
     upsample2x,
 )
+from gan_hr.nn.spectral import INIT_ITERATIONS, update_spectral_norms
 from gan_hr.resolutions import check_max_res, resolutions_between
 
 __all__ = ["ProGANDiscriminator", "ProGANGenerator"]
@@ -135,15 +136,16 @@ class DBlock(nn.Module):
     2x2 avg pool. The blur is StyleGAN's (its official `conv0 -> blur2d -> conv1_down`); ProGAN
     has none."""
 
-    def __init__(self, resolution: int, in_channels: int, out_channels: int, *, blur: bool = False) -> None:
+    def __init__(self, resolution: int, in_channels: int, out_channels: int, *, blur: bool = False,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.from_rgb = FromRGB(in_channels)
-        self.conv0 = ConvLayer(in_channels, in_channels, 3)
+        self.from_rgb = FromRGB(in_channels, spectral_norm=spectral_norm)
+        self.conv0 = ConvLayer(in_channels, in_channels, 3, spectral_norm=spectral_norm)
         self.blur = Blur2d(in_channels) if blur else None
-        self.conv1 = ConvLayer(in_channels, out_channels, 3)
+        self.conv1 = ConvLayer(in_channels, out_channels, 3, spectral_norm=spectral_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expect_shape(x, self.in_channels, self.resolution, f"D.b{self.resolution} input")
@@ -160,16 +162,16 @@ class DOutputBlock(nn.Module):
 
     resolution = BASE_RES
 
-    def __init__(self, channels: int, mbstd_group_size: int) -> None:
+    def __init__(self, channels: int, mbstd_group_size: int, *, spectral_norm: bool = False) -> None:
         super().__init__()
         self.channels = channels
-        self.from_rgb = FromRGB(channels)
+        self.from_rgb = FromRGB(channels, spectral_norm=spectral_norm)
         # group size 0 turns the layer off (e.g. for ablations or batch-size-1 debugging).
         self.mbstd = MinibatchStddev(mbstd_group_size) if mbstd_group_size > 0 else None
         extra = self.mbstd.num_channels if self.mbstd is not None else 0
-        self.conv = ConvLayer(channels + extra, channels, 3)
-        self.dense = EqualLinear(channels * BASE_RES * BASE_RES, channels)
-        self.out = EqualLinear(channels, 1, gain=1.0)
+        self.conv = ConvLayer(channels + extra, channels, 3, spectral_norm=spectral_norm)
+        self.dense = EqualLinear(channels * BASE_RES * BASE_RES, channels, spectral_norm=spectral_norm)
+        self.out = EqualLinear(channels, 1, gain=1.0, spectral_norm=spectral_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expect_shape(x, self.channels, BASE_RES, "D.b4 input")
@@ -182,17 +184,21 @@ class DOutputBlock(nn.Module):
 
 class ProGANDiscriminator(nn.Module):
     """Image [N, 3, resolution, resolution] -> raw scores [N]. `blur` puts the [1, 2, 1] filter
-    before every downsampling (StyleGAN's discriminator)."""
+    before every downsampling (StyleGAN's discriminator). With `model.d_spectral_norm` every
+    conv and dense layer (from-RGB and output included) is spectrally normalized
+    (gan_hr/nn/spectral.py); the trainer advances the estimates once per D step."""
 
     def __init__(self, cfg: ModelConfig, max_res: int, *, blur: bool = False) -> None:
         super().__init__()
         self.max_res = check_max_res(max_res, BASE_RES, "ProGAN")
         self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
-        blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size)}
+        sn = cfg.d_spectral_norm
+        blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size, spectral_norm=sn)}
         for res in self.resolutions[1:]:
-            blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2), blur=blur)
+            blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2), blur=blur, spectral_norm=sn)
         self.blocks = nn.ModuleDict(blocks)
+        update_spectral_norms(self, INIT_ITERATIONS)
 
     def regions(self) -> list[nn.Module]:
         """The resolution blocks (see ProGANGenerator.regions)."""

@@ -115,9 +115,10 @@ class Blur2d(nn.Module):
 class ConvLayer(nn.Module):
     """Equalized conv + leaky ReLU 0.2, optionally followed by pixel norm (ProGAN's generator)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, pixelnorm: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, pixelnorm: bool = False,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
-        self.conv = EqualConv2d(in_channels, out_channels, kernel_size)
+        self.conv = EqualConv2d(in_channels, out_channels, kernel_size, spectral_norm=spectral_norm)
         self.pixelnorm = pixelnorm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,9 +140,9 @@ class ToRGB(nn.Module):
 class FromRGB(nn.Module):
     """1x1 equalized conv from 3 channels + leaky ReLU 0.2: the discriminator's image input."""
 
-    def __init__(self, out_channels: int) -> None:
+    def __init__(self, out_channels: int, *, spectral_norm: bool = False) -> None:
         super().__init__()
-        self.conv = EqualConv2d(3, out_channels, 1)
+        self.conv = EqualConv2d(3, out_channels, 1, spectral_norm=spectral_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(self.conv(x), LRELU_SLOPE)

@@ -32,6 +32,7 @@ import torch
 from gan_hr.config import Config
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
+from gan_hr.nn.spectral import update_spectral_norms
 from gan_hr.schedule import Schedule
 
 # Weight of the earlier windows' images and seconds against the newest window's.
@@ -148,6 +149,7 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     def score(x: torch.Tensor) -> torch.Tensor:
         return D(x, res, 1.0)
 
+    update_spectral_norms(D)
     D.requires_grad_(True)
     with torch.no_grad(), autocast():
         fake = G(torch.randn(n, latent, device=real.device), res, 1.0)

@@ -27,6 +27,7 @@ from gan_hr.data import ShardStream, load_manifest, loader_workers, make_loader,
 from gan_hr.evaluation import Evaluator
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
+from gan_hr.nn.spectral import update_spectral_norms
 from gan_hr.sampling import save_grid
 from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.compile import compile_regions, eager
@@ -346,7 +347,10 @@ class Trainer:
             with eager():
                 return self.D(x, res, alpha)
 
-        # Discriminator step.
+        # Discriminator step. Spectral norm (if on) advances one power iteration here, once per
+        # step, so every D forward of the step (the penalty's and the G step's too) uses the same
+        # estimate; it is a function of D's weights, the same on every rank (gan_hr/nn/spectral.py).
+        update_spectral_norms(self.D)
         self.D.requires_grad_(True)
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with torch.no_grad(), self.acc.autocast():
