@@ -47,7 +47,7 @@ LOCK = ".data_prep.lock"
 
 class Processed(NamedTuple):
     key: str
-    label: str
+    source: str  # as reported in `skipped`
     images: dict[int, bytes] | None  # encoded image per resolution, None when skipped
     reason: str | None
 
@@ -93,9 +93,9 @@ def _process(item: SourceItem) -> Processed:
             except Exception as exc:  # missing file, permissions, bad zip member (CRC, encrypted)
                 raise SkipImage(f"unreadable: {type(exc).__name__}: {exc}") from exc
             image = load_square(data, _spec)
-        return Processed(item.key, item.label, encode_all(image, _spec), None)
+        return Processed(item.key, item.source, encode_all(image, _spec), None)
     except SkipImage as exc:
-        return Processed(item.key, item.label, None, str(exc))
+        return Processed(item.key, item.source, None, str(exc))
 
 
 def default_workers() -> int:
@@ -280,7 +280,7 @@ def _write_shards(out: Path, todo: list[SourceItem], start: int, spec: ImageSpec
             for pos, result in enumerate(results, start):
                 bar.update()
                 if result.images is None:
-                    skipped.append({"source": result.label, "reason": result.reason, "at": pos})
+                    skipped.append({"source": result.source, "reason": result.reason, "at": pos})
                     continue
                 if writer is None:
                     writer = ShardSetWriter(out, len(done), spec.resolutions, spec.extension)

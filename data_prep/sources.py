@@ -33,7 +33,7 @@ class SourceItem:
     """One input, cheap to send to a worker process."""
 
     key: str
-    label: str  # reported in `skipped`: path relative to SRC, zip member name, or the key
+    source: str  # reported in `skipped`: path relative to SRC, zip member name, or the key
     kind: str  # "file" | "zip" | "synthetic"
     path: str = ""  # the file, or the zip holding the member
     index: int = 0  # zip member position, or synthetic image index
