@@ -37,6 +37,8 @@ class SourceItem:
     kind: str  # "file" | "zip" | "synthetic"
     path: str = ""  # the file, or the zip holding the member
     index: int = 0  # zip member position, or synthetic image index
+    label: int | tuple[int, ...] | None = None  # class index or 0/1 attributes, with --labels
+    unlabelled: str | None = None  # with --labels, why this input has no label: it is skipped
 
 
 @dataclass(frozen=True)
