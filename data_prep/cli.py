@@ -3,7 +3,8 @@
 Exit status: 0 when the dataset was written (even if some inputs were skipped) or verified;
 1 when no input was usable or --verify found a problem; 2 for usage errors (bad options, a
 missing or unreadable SRC or one that is a FIFO or device, an --out that is a file or is
-unwritable, an --out holding a different preparation);
+unwritable, an --out holding a different preparation, a --labels table that cannot be read as one
+or a --label-columns name it lacks: nothing is written then);
 130 when interrupted with Ctrl-C (the same command resumes).
 """
 
@@ -16,6 +17,7 @@ import time
 from data_prep.errors import NoUsableImages, PrepError
 from data_prep.files import DEFAULT_MAX_FILE_MB
 from data_prep.images import DEFAULT_MAX_PIXELS, FORMATS
+from data_prep.labels import parse_columns
 from data_prep.pipeline import run_prepare
 from data_prep.verify import verify
 
@@ -57,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip input files and zip members larger than this many MB (2**20 "
                         "bytes); reading stops there whatever size a file claims "
                         f"(default {DEFAULT_MAX_FILE_MB})")
+    p.add_argument("--labels", metavar="folders|shapes|FILE",
+                   help="store a label with every image: 'folders' (class = first folder below "
+                        "--src), 'shapes' (synthetic:N: kind of the first shape), or a table FILE "
+                        "keyed by file name (CSV with a header, or whitespace-separated like "
+                        "CelebA's attribute file); images without a label are skipped")
+    p.add_argument("--label-columns", metavar="A,B,...",
+                   help="the table's columns to use, in this order (default all); one column "
+                        "gives classes, several a 0/1 attribute vector")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verify", metavar="DIR",
                    help="check DIR's shards against its manifest (after preparing, if --src)")
@@ -73,7 +83,8 @@ def _prepare(args: argparse.Namespace) -> int:
             shard_size=args.shard_size, workers=args.workers, image_format=args.image_format,
             jpeg_quality=args.jpeg_quality, seed=args.seed, allow_upscale=args.allow_upscale,
             progress=not args.no_progress, max_pixels=args.max_pixels,
-            max_file_mb=args.max_file_mb)
+            max_file_mb=args.max_file_mb, labels=args.labels,
+            label_columns=parse_columns(args.label_columns))
     except KeyboardInterrupt:
         print("data_prep: interrupted; finished shards are kept, run the same command again "
               "to resume", file=sys.stderr)

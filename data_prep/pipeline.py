@@ -27,6 +27,7 @@ from data_prep.images import (
     load_square,
     pixel_limit,
 )
+from data_prep.labels import LabelPlan, attach_labels
 from data_prep.manifest import STATE, describe_difference, read_json, write_json_atomic
 from data_prep.shards import ShardSetWriter
 from data_prep.sources import (
@@ -37,7 +38,7 @@ from data_prep.sources import (
     read_bytes,
 )
 from data_prep.synthetic import render_synthetic
-from gan_hr.manifest import MANIFEST, build_manifest, shard_relpath
+from gan_hr.manifest import LABEL_MEMBERS, MANIFEST, build_manifest, encode_label, shard_relpath
 from gan_hr.resolutions import is_power_of_two
 
 # Bump when a change here changes the output bytes, so older prepared folders are not reused.
@@ -47,7 +48,7 @@ LOCK = ".data_prep.lock"
 
 class Processed(NamedTuple):
     key: str
-    label: str
+    source: str  # as reported in `skipped`
     images: dict[int, bytes] | None  # encoded image per resolution, None when skipped
     reason: str | None
 
@@ -80,6 +81,8 @@ def _init_pool_worker(spec: ImageSpec, seed: int) -> None:
 
 def _process(item: SourceItem) -> Processed:
     assert _spec is not None, "worker not initialised"
+    if item.unlabelled is not None:  # skipped unread
+        return Processed(item.key, item.source, None, item.unlabelled)
     try:
         if item.kind == "synthetic":
             image = render_synthetic(item.index, _spec.max_res, _seed)
@@ -93,9 +96,9 @@ def _process(item: SourceItem) -> Processed:
             except Exception as exc:  # missing file, permissions, bad zip member (CRC, encrypted)
                 raise SkipImage(f"unreadable: {type(exc).__name__}: {exc}") from exc
             image = load_square(data, _spec)
-        return Processed(item.key, item.label, encode_all(image, _spec), None)
+        return Processed(item.key, item.source, encode_all(image, _spec), None)
     except SkipImage as exc:
-        return Processed(item.key, item.label, None, str(exc))
+        return Processed(item.key, item.source, None, str(exc))
 
 
 def default_workers() -> int:
@@ -204,13 +207,20 @@ def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
                 shard_size: int = 1000, workers: int | None = None, image_format: str = "png",
                 jpeg_quality: int = 95, seed: int = 0, allow_upscale: bool = False,
                 progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                max_file_mb: int = DEFAULT_MAX_FILE_MB) -> PrepResult:
+                max_file_mb: int = DEFAULT_MAX_FILE_MB, labels: str | None = None,
+                label_columns: list[str] | None = None) -> PrepResult:
     """prepare(), also saying how much work this call did (for the CLI's closing line)."""
     _check_args(max_res, min_res, shard_size, image_format, jpeg_quality, max_pixels,
                 max_file_mb, workers)
     spec = ImageSpec(max_res, min_res, image_format, jpeg_quality, allow_upscale, max_pixels,
                      max_file_mb)
     sources = open_source(src)
+    plan = None
+    if labels is not None:  # a label problem stops the run here, before anything is written
+        sources, plan = attach_labels(sources, src, labels, label_columns, seed=seed,
+                                      max_bytes=spec.max_file_bytes)
+    elif label_columns is not None:
+        raise PrepError("--label-columns: needs --labels FILE")
     params = {
         "prep_version": PREP_VERSION,
         "source_fingerprint": sources.fingerprint,
@@ -227,6 +237,8 @@ def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
         # It decides which files are skipped; synthetic:N reads no file, and leaving the key
         # out keeps synthetic sets prepared before it existed reusable.
         params["max_file_mb"] = max_file_mb
+    if plan is not None:  # absent without labels: unlabelled outputs stay as they were
+        params["labels"] = plan.params
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out}: exists and is not a folder")
@@ -251,7 +263,7 @@ def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
         start = done[-1]["next"] if done else 0
         todo = sources.items[start:]
         _write_shards(out, todo, start, spec, seed, workers or default_workers(), params,
-                      done, skipped, progress, len(sources.items))
+                      done, skipped, progress, len(sources.items), plan)
         if not done:
             (out / STATE).unlink(missing_ok=True)
             reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
@@ -260,15 +272,29 @@ def run_prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
         manifest = build_manifest(
             src=src, seed=seed, params=params, resolutions=spec.resolutions,
             shard_counts=[s["count"] for s in done],
-            skipped=[{"source": s["source"], "reason": s["reason"]} for s in skipped])
+            skipped=[{"source": s["source"], "reason": s["reason"]} for s in skipped],
+            labels=None if plan is None else _label_summary(plan, sources.items, skipped))
         write_json_atomic(out / MANIFEST, manifest)
         (out / STATE).unlink(missing_ok=True)
     return PrepResult(manifest, len(todo), False)
 
 
+def _label_summary(plan: LabelPlan, items: list[SourceItem], skipped: list[dict]) -> dict:
+    """The manifest's "labels": images written per class, or with each attribute set."""
+    gone = {s["at"] for s in skipped}
+    written = [item.label for pos, item in enumerate(items) if pos not in gone]
+    if plan.kind == "class":
+        counts = [0] * len(plan.names)
+        for label in written:
+            counts[label] += 1
+    else:
+        counts = [sum(column) for column in zip(*written, strict=True)] or [0] * len(plan.names)
+    return {"kind": plan.kind, "names": plan.names, "counts": counts, "source": plan.source}
+
+
 def _write_shards(out: Path, todo: list[SourceItem], start: int, spec: ImageSpec, seed: int,
                   workers: int, params: dict, done: list[dict], skipped: list[dict],
-                  progress: bool, total: int) -> None:
+                  progress: bool, total: int, plan: LabelPlan | None) -> None:
     """Consume processed items in order, cutting the good ones into shards; `done` and
     `skipped` grow in place and are saved to the state file after every finished shard."""
     writer: ShardSetWriter | None = None
@@ -277,14 +303,16 @@ def _write_shards(out: Path, todo: list[SourceItem], start: int, spec: ImageSpec
     try:
         results: Iterator[Processed] = _results(todo, spec, seed, workers)
         with closing(results):  # stops the worker pool at once if writing fails
-            for pos, result in enumerate(results, start):
+            for pos, (item, result) in enumerate(zip(todo, results, strict=True), start):
                 bar.update()
                 if result.images is None:
-                    skipped.append({"source": result.label, "reason": result.reason, "at": pos})
+                    skipped.append({"source": result.source, "reason": result.reason, "at": pos})
                     continue
                 if writer is None:
                     writer = ShardSetWriter(out, len(done), spec.resolutions, spec.extension)
-                writer.add(result.key, result.images)
+                label = None if plan is None else (LABEL_MEMBERS[plan.kind],
+                                                   encode_label(plan.kind, item.label))
+                writer.add(result.key, result.images, label)
                 if writer.count == params["shard_size"]:
                     sizes = writer.commit()
                     done.append({"count": writer.count, "next": pos + 1, "sizes": sizes})
@@ -305,7 +333,8 @@ def prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
             shard_size: int = 1000, workers: int | None = None, image_format: str = "png",
             jpeg_quality: int = 95, seed: int = 0, allow_upscale: bool = False,
             progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-            max_file_mb: int = DEFAULT_MAX_FILE_MB) -> dict:
+            max_file_mb: int = DEFAULT_MAX_FILE_MB, labels: str | None = None,
+            label_columns: list[str] | None = None) -> dict:
     """Prepare SRC (folder, .zip or "synthetic:N") as shards under `out`; returns the manifest.
 
     A complete output made with the same arguments (and the same list of inputs) is returned
@@ -314,8 +343,14 @@ def prepare(src: str, out: str | Path, *, max_res: int, min_res: int = 4,
     is deleted). Raises NoUsableImages (a PrepError) when every input is skipped. Inputs that
     are not regular files, or hold more than max_file_mb MB (2**20 bytes), are skipped without
     reading more than that.
+
+    `labels` ("folders", "shapes" for synthetic:N, or a table file; `label_columns` picks the
+    table's columns) stores a class or attribute vector with every image (`data_prep.labels`);
+    inputs without one are skipped. A label file or column that cannot be used raises PrepError
+    before anything is written.
     """
     return run_prepare(src, out, max_res=max_res, min_res=min_res, shard_size=shard_size,
                        workers=workers, image_format=image_format, jpeg_quality=jpeg_quality,
                        seed=seed, allow_upscale=allow_upscale, progress=progress,
-                       max_pixels=max_pixels, max_file_mb=max_file_mb).manifest
+                       max_pixels=max_pixels, max_file_mb=max_file_mb, labels=labels,
+                       label_columns=label_columns).manifest

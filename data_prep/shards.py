@@ -49,10 +49,14 @@ class ShardSetWriter:
             tmp = _tmp_path(final)
             self._files[res] = (tmp, final, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT))
 
-    def add(self, key: str, images: dict[int, bytes]) -> None:
+    def add(self, key: str, images: dict[int, bytes], label: tuple[str, bytes] | None = None) -> None:
+        """One sample: its image at every resolution, then its label member (extension, bytes)
+        when the data set is labelled, the same in every resolution's shard."""
         for res, (_, _, tar) in self._files.items():
             data = images[res]
             tar.addfile(_member(f"{key}.{self.extension}", len(data)), io.BytesIO(data))
+            if label is not None:
+                tar.addfile(_member(f"{key}.{label[0]}", len(label[1])), io.BytesIO(label[1]))
         self.count += 1
 
     def commit(self) -> dict[str, int]:

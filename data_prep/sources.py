@@ -33,10 +33,12 @@ class SourceItem:
     """One input, cheap to send to a worker process."""
 
     key: str
-    label: str  # reported in `skipped`: path relative to SRC, zip member name, or the key
+    source: str  # reported in `skipped`: path relative to SRC, zip member name, or the key
     kind: str  # "file" | "zip" | "synthetic"
     path: str = ""  # the file, or the zip holding the member
     index: int = 0  # zip member position, or synthetic image index
+    label: int | tuple[int, ...] | None = None  # class index or 0/1 attributes, with --labels
+    unlabelled: str | None = None  # with --labels, why this input has no label: it is skipped
 
 
 @dataclass(frozen=True)

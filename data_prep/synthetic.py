@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +34,7 @@ _SHAPE_COLOURS = (
     (25, 25, 30),  # black
     (60, 200, 115),  # green
 )
-_SHAPES = ("disc", "square", "triangle")
+SHAPES = ("disc", "square", "triangle")  # class indices of --labels shapes
 _ANCHORS = ((0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7), (0.5, 0.5))
 _GRADIENT_ANGLES = (0.0, 45.0, 90.0, 135.0)
 
@@ -49,10 +50,53 @@ def _jitter(rng: random.Random, colour: tuple[int, int, int], amount: float) -> 
     return np.array(jittered, np.float32)
 
 
-def _background(rng: random.Random, res: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Shape:
+    """One shape as drawn: centre and circumradius as fractions of the image side."""
+
+    kind: str  # one of SHAPES
+    colour: np.ndarray
+    x: float
+    y: float
+    radius: float
+    rotation: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything drawn for one image, independent of the resolution it is rendered at."""
+
+    start: np.ndarray  # gradient colours
+    end: np.ndarray
+    angle: float  # gradient direction, radians
+    shapes: list[Shape]  # in drawing order: a later shape covers an earlier one
+
+
+def synthetic_scene(index: int, seed: int) -> Scene:
+    """What image `index` of the set for `seed` shows (the draws `render_synthetic` paints)."""
+    rng = _rng(index, seed)
     start, end = rng.choice(_BACKGROUNDS)
     c0, c1 = _jitter(rng, start, 12), _jitter(rng, end, 12)
     angle = math.radians(rng.choice(_GRADIENT_ANGLES) + rng.uniform(-10, 10))
+    shapes = []
+    for ax, ay in rng.sample(_ANCHORS, 2 if rng.random() < 0.4 else 1):
+        kind = rng.choice(SHAPES)
+        colour = _jitter(rng, rng.choice(_SHAPE_COLOURS), 15)
+        x, y = ax + rng.uniform(-0.05, 0.05), ay + rng.uniform(-0.05, 0.05)
+        shapes.append(Shape(kind, colour, x, y, rng.uniform(0.13, 0.22), rng.uniform(0, 2 * math.pi)))
+    return Scene(c0, c1, angle, shapes)
+
+
+def synthetic_class(index: int, seed: int) -> int:
+    """The class of image `index` with ``--labels shapes``: the index in `SHAPES` of the first
+    shape drawn. It is always partly visible: a second shape has its centre at another anchor,
+    0.14 of the side away or more after jitter, and with a circumradius of at most 0.22 it cannot
+    cover a shape of circumradius 0.13 or more there (a vertex or the rim stays out)."""
+    return SHAPES.index(synthetic_scene(index, seed).shapes[0].kind)
+
+
+def _background(scene: Scene, res: int) -> np.ndarray:
+    c0, c1, angle = scene.start, scene.end, scene.angle
     coords = (np.arange(res, dtype=np.float32) + 0.5) / res - 0.5
     # Projection on the gradient direction, mapped to [0, 1] across the image.
     t = coords[None, :] * math.cos(angle) + coords[:, None] * math.sin(angle)
@@ -92,19 +136,15 @@ def render_synthetic(index: int, resolution: int, seed: int) -> Image.Image:
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    rng = _rng(index, seed)
-    image = _background(rng, resolution)
-    anchors = rng.sample(_ANCHORS, 2 if rng.random() < 0.4 else 1)
-    for ax, ay in anchors:
-        kind = rng.choice(_SHAPES)
-        colour = _jitter(rng, rng.choice(_SHAPE_COLOURS), 15)
-        cx = (ax + rng.uniform(-0.05, 0.05)) * resolution
-        cy = (ay + rng.uniform(-0.05, 0.05)) * resolution
-        r = rng.uniform(0.13, 0.22) * resolution
-        rot = rng.uniform(0, 2 * math.pi)
-        mask, x0, y0 = _coverage(kind, cx, cy, r, rot, resolution)
+    scene = synthetic_scene(index, seed)
+    image = _background(scene, resolution)
+    for shape in scene.shapes:
+        # Same float operations as when positions were drawn in pixels: the bytes never changed.
+        cx, cy = shape.x * resolution, shape.y * resolution
+        r = shape.radius * resolution
+        mask, x0, y0 = _coverage(shape.kind, cx, cy, r, shape.rotation, resolution)
         h, w = mask.shape
         region = image[:, y0:y0 + h, x0:x0 + w]
-        region += mask[None] * (colour[:, None, None] - region)
+        region += mask[None] * (shape.colour[:, None, None] - region)
     channels = np.rint(image).astype(np.uint8)
     return Image.merge("RGB", [Image.fromarray(c, "L") for c in channels])

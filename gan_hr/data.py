@@ -28,6 +28,12 @@ A corrupt member (undecodable, wrong size, missing) is skipped, logged and count
 filled with the next good samples after the batch's own positions. A batch's positions in its
 slot's sequence never move, so resume stays exact with corrupt data too. A shard that cannot be
 opened, or a whole epoch of corrupt samples in a row, is a `DataError`: training cannot go on.
+
+Labels: in a labelled data set (`gan_hr.manifest`) each image member is followed by its label
+member. The stream always steps over those (a sample is still one image); asked for labels
+(``labels=True``) it also yields each batch's labels, and a sample whose label member is missing
+or malformed counts as corrupt. Labels follow their images through shuffling, splitting, resume
+and mirroring (a flip changes no label).
 """
 
 from __future__ import annotations
@@ -49,7 +55,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode  # also loads torchvision's image ops
 
 from gan_hr.config import SLOTS_PER_RANK
-from gan_hr.manifest import MANIFEST, ManifestError, parse_manifest, remote_template
+from gan_hr.manifest import (
+    LABEL_MEMBERS,
+    MANIFEST,
+    ManifestError,
+    decode_label,
+    parse_manifest,
+    remote_template,
+)
 
 __all__ = [
     "DataError",
@@ -99,6 +112,9 @@ class ShardInfo:
 
     url: str
     count: int
+    # (kind, number of classes or attributes) of a labelled data set, whose shards hold a label
+    # member after each image; None for images only.
+    labels: tuple[str, int] | None = None
 
 
 def data_url(root: str, path: str) -> str:
@@ -153,7 +169,9 @@ def resolution_shards(manifest: dict, root: str, resolution: int) -> list[ShardI
         raise ValueError(
             f"data set {root!r} has no resolution {resolution}; it has {manifest['resolutions']}"
         )
-    return [ShardInfo(data_url(root, s["path"]), int(s["count"])) for s in shards]
+    labels = manifest.get("labels")
+    kind = None if labels is None else (labels["kind"], len(labels["names"]))
+    return [ShardInfo(data_url(root, s["path"]), int(s["count"]), kind) for s in shards]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -268,6 +286,10 @@ class _Shard:
         self.url = info.url
         self.buffer = _open_shard(info.url)
         members = _tar_members(self.buffer)
+        # Data offset of an image member -> (offset, size) of its label member.
+        self.labels: dict[int, tuple[int, int]] = {}
+        if info.labels is not None:
+            members = self._pair_labels(members, LABEL_MEMBERS[info.labels[0]])
         if len(members) != info.count:
             log.warning(
                 "%s has %d members, the manifest says %d; missing ones count as corrupt",
@@ -275,6 +297,29 @@ class _Shard:
             )
         self.members: list[tuple[str, int, int] | None] = members[: info.count]
         self.members += [None] * (info.count - len(self.members))
+
+    def _pair_labels(self, members: list[tuple[str, int, int]], label_ext: str
+                     ) -> list[tuple[str, int, int]]:
+        """The image members; each label member that follows its image (same key) is noted in
+        `labels`. A label member anywhere else belongs to no sample and is passed over."""
+        images: list[tuple[str, int, int]] = []
+        image_key = None
+        for name, offset, size in members:
+            key, _, ext = name.rpartition("/")[2].partition(".")
+            if ext != label_ext:
+                images.append((name, offset, size))
+                image_key = key
+            elif key == image_key and images[-1][1] not in self.labels:
+                self.labels[images[-1][1]] = (offset, size)
+        return images
+
+    def label(self, member: tuple[str, int, int], kind: tuple[str, int]) -> int | list[int]:
+        """The label of an image member (ValueError when it has none or it is malformed)."""
+        span = self.labels.get(member[1])
+        if span is None:
+            raise ValueError("no label member after the image")
+        offset, size = span
+        return decode_label(kind[0], kind[1], bytes(self.buffer[offset : offset + size]))
 
 
 # --- sample order ----------------------------------------------------------------------------
@@ -292,8 +337,8 @@ def _rng(*words: int) -> np.random.Generator:
 
 # A sample chosen for a slot, not decoded yet: (key, shard, member or None if missing, flip).
 _RawItem = tuple[str, _Shard, "tuple[str, int, int] | None", bool]
-# A decoded sample: (key, image or None if corrupt, flip).
-_Sample = tuple[str, "torch.Tensor | None", bool]
+# A decoded sample: (key, image or None if corrupt, flip), and its label when labels are asked for.
+_Sample = tuple  # (str, torch.Tensor | None, bool) or (str, torch.Tensor | None, bool, label)
 
 
 class _SlotSequence:
@@ -384,7 +429,9 @@ class ShardStream(IterableDataset):
     """Infinite stream of ready batches for one resolution, for one rank.
 
     Yields ``{"image": uint8 [batch_size, 3, R, R], "key": list[str], "skipped": int}`` where
-    ``skipped`` counts corrupt members met at this batch's positions. ``image`` is stored
+    ``skipped`` counts corrupt members met at this batch's positions; with ``labels=True`` (a
+    labelled data set) also ``"label"``: int64 [batch_size] class indices, or float32
+    [batch_size, A] 0/1 attributes, in the manifest's order of names. ``image`` is stored
     channels_last (as decoders write it); `to_float` makes it contiguous. Use it in process or
     with a DataLoader with ``batch_size=None`` and a number of workers that divides `slots` (see
     `make_loader`); after this rank has taken `start_batch` batches from a stream with the same
@@ -403,6 +450,7 @@ class ShardStream(IterableDataset):
         start_batch: int = 0,
         mirror: bool = False,
         slots: int = SLOTS_PER_RANK,
+        labels: bool = False,
     ):
         super().__init__()
         if not shards:
@@ -423,6 +471,14 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.slots = rank, world_size, slots
         self.start_batch, self.mirror = start_batch, mirror
         self.total_images = total
+        # (kind, size) of the labels to yield; None: images only (the fast path, unchanged).
+        self.labels = None
+        if labels:
+            kinds = {s.labels for s in shards}
+            if None in kinds or len(kinds) != 1:
+                raise ValueError("the data set has no labels: prepare it with "
+                                 "python -m data_prep --labels ...")
+            self.labels = shards[0].labels
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -453,12 +509,23 @@ class ShardStream(IterableDataset):
         bad_run = 0
         for item in items:
             sample = _decode(item, self.resolution, report)
+            if self.labels is not None and sample[1] is not None:
+                sample = self._labelled(sample, item, report)
             bad_run = bad_run + 1 if sample[1] is None else 0
             # A whole epoch's worth of corrupt samples in a row: broken data must fail loudly.
             if bad_run > self.total_images:
                 raise DataError(f"more than {self.total_images} corrupt samples in a row at "
                                 f"{self.resolution}x{self.resolution}: check the data with data_prep --verify")
             yield sample
+
+    def _labelled(self, sample: _Sample, item: _RawItem, report: _CorruptLog) -> _Sample:
+        """The decoded sample with its label, or corrupt when the label cannot be read."""
+        key, shard, member, flip = item
+        try:
+            return (*sample, shard.label(member, self.labels))
+        except ValueError as err:
+            report(item, f"label: {err}")
+            return key, None, flip
 
     def _batches(self, items: Iterator[_RawItem]) -> Iterator[dict]:
         samples = self._samples(items)
@@ -480,8 +547,12 @@ class ShardStream(IterableDataset):
             # leaves the transpose to `to_float`, on the device.
             images = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
             mirror = self.mirror
-            torch.stack([x.flip(-1) if mirror and flip else x for _, x, flip in good], out=images)
-            yield {"image": images, "key": [key for key, _, _ in good], "skipped": skipped}
+            torch.stack([x.flip(-1) if mirror and flip else x for _, x, flip, *_ in good], out=images)
+            batch = {"image": images, "key": [s[0] for s in good], "skipped": skipped}
+            if self.labels is not None:
+                dtype = torch.int64 if self.labels[0] == "class" else torch.float32
+                batch["label"] = torch.tensor([s[3] for s in good], dtype=dtype)
+            yield batch
 
 
 def make_loader(
@@ -497,6 +568,7 @@ def make_loader(
     mirror: bool = False,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    labels: bool = False,
 ) -> Iterable[dict]:
     """A DataLoader over one resolution of the data set at `root` (see `data_url`) for one rank.
 
@@ -504,7 +576,7 @@ def make_loader(
     ``accelerator.prepare``: the rank split is already done here. `num_workers` must divide
     `SLOTS_PER_RANK` (0 decodes in this process); it changes speed, never the batches. Every local
     shard is checked up front (`_check_shards`); with workers, an error stops them at once
-    (`_StopWorkersOnError`).
+    (`_StopWorkersOnError`). `labels=True` adds each batch's labels (see `ShardStream`).
     """
     shards = resolution_shards(load_manifest(root), root, resolution)
     _check_shards(shards)
@@ -517,6 +589,7 @@ def make_loader(
         world_size=world_size,
         start_batch=start_batch,
         mirror=mirror,
+        labels=labels,
     )
     loader = DataLoader(
         stream,
