@@ -67,6 +67,9 @@ class ModelConfig:
     # Spectral normalization of every discriminator layer (Miyato et al. 2018), any model and
     # loss; the DCGAN discriminator then has no batch norm. See gan_hr/nn/spectral.py.
     d_spectral_norm: bool = False
+    # VAE (model.name=vae): weight of the KL term in recon + beta * KL (Kingma & Welling 2014 is
+    # 1; Higgins et al.'s beta-VAE varies it). See gan_hr/losses.py, vae_loss.
+    vae_beta: float = 1.0
 
 
 @dataclass
@@ -162,7 +165,9 @@ class Config:
         return os.path.join(self.data.synthetic_dir, name)
 
 
-MODEL_NAMES = ("progan", "stylegan", "dcgan")
+MODEL_NAMES = ("progan", "stylegan", "dcgan", "vae")
+# Models that train at one resolution (no growing), on DCGAN's networks.
+SINGLE_RES_MODELS = ("dcgan", "vae")
 LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BACKENDS = ("wandb", "none")
@@ -365,9 +370,12 @@ def validate(cfg: Config) -> None:
         res = getattr(s, key)
         _check(is_power_of_two(res) and res >= 4, f"schedule.{key}", f"must be a power of two >= 4, got {res}")
     _check(s.start_res <= s.max_res, "schedule.start_res", f"must not exceed schedule.max_res ({s.max_res})")
-    if m.name == "dcgan":
-        _check(s.start_res == s.max_res, "schedule.start_res", "must equal schedule.max_res for dcgan (no growing)")
-        _check(s.max_res >= 32, "schedule.max_res", "must be 32 or more for dcgan")
+    _check(m.vae_beta >= 0, "model.vae_beta", f"must be 0 or more (the KL weight), got {m.vae_beta!r}")
+    if m.name == "vae":
+        _check(not m.d_spectral_norm, "model.d_spectral_norm", "must be false for vae (it has no discriminator)")
+    if m.name in SINGLE_RES_MODELS:
+        _check(s.start_res == s.max_res, "schedule.start_res", f"must equal schedule.max_res for {m.name} (no growing)")
+        _check(s.max_res >= 32, "schedule.max_res", f"must be 32 or more for {m.name}")
     _check(s.fade_kimg >= 0, "schedule.fade_kimg", "must be 0 or more")
     _check(s.stable_kimg >= 0, "schedule.stable_kimg", "must be 0 or more")
     _check(s.batch_size > 0, "schedule.batch_size", "must be positive")

@@ -1,4 +1,5 @@
-"""GAN losses: WGAN-GP + drift (ProGAN), non-saturating logistic + R1 (StyleGAN), least squares.
+"""GAN losses: WGAN-GP + drift (ProGAN), non-saturating logistic + R1 (StyleGAN), least squares;
+and the VAE's negative ELBO (`vae_loss`).
 
 Pure functions of a discriminator callable and tensors: no distributed or precision code. Each
 returns the scalar to backpropagate and a dict of detached named scalars for logging.
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from gan_hr.config import LossConfig
 
-__all__ = ["discriminator_loss", "generator_loss"]
+__all__ = ["discriminator_loss", "generator_loss", "vae_loss"]
 
 Discriminator = Callable[[Tensor], Tensor]
 Stats = dict[str, Tensor]
@@ -137,3 +138,23 @@ def generator_loss(cfg: LossConfig, fake_scores: Tensor) -> tuple[Tensor, Stats]
     """Generator loss for `cfg.name` from D's raw scores [N] on generated images."""
     loss = _lookup(_G_LOSSES, cfg.name)(fake_scores.float())
     return loss, {"loss_g": loss.detach(), "score_fake_g": fake_scores.detach().float().mean()}
+
+
+def vae_loss(beta: float, encode: Callable[[Tensor], tuple[Tensor, Tensor]], decode: Callable[[Tensor], Tensor],
+             real: Tensor) -> tuple[Tensor, Stats]:
+    """The negative beta-ELBO per image of a VAE (Kingma & Welling 2014), averaged over the batch.
+
+    `encode` maps images to the posterior's (mu, logvar) [N, L]; z = mu + sigma * eps, eps ~ N(0, I)
+    (the reparameterisation trick, drawn from the global RNG); `decode` maps z back to images.
+    Reconstruction: the squared error summed over every pixel and channel, the Gaussian negative
+    log-likelihood of p(x | z) = N(decode(z), sigma_x^2 I) up to a constant, with sigma_x^2 = 1/2
+    (beta rescales it: SSE + beta * KL is the ELBO of sigma_x^2 = beta / 2). Summed, not averaged,
+    over pixels: a per-pixel mean would weigh KL 3 * R^2 times more and collapse the posterior.
+    Gaussian rather than BCE because pixels are continuous values in [-1, 1], not Bernoulli
+    outcomes. KL(q(z | x) || N(0, I)) in closed form, summed over latent dimensions."""
+    mu, logvar = (t.float() for t in encode(real))
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    recon = (decode(z).float() - real.float()).square().flatten(1).sum(dim=1).mean()
+    kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(dim=1).mean()
+    loss = recon + beta * kl
+    return loss, {"loss_vae": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}

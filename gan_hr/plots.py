@@ -1,6 +1,6 @@
 """PNG plots of a run's metrics.jsonl against kimg, with the resolution phases marked.
 
-Whichever of these the log has data for: losses.png (loss_d, loss_g), regularization.png
+Whichever of these the log has data for: losses.png (loss_d, loss_g), vae.png (loss_vae, recon, kl), regularization.png
 (gp or r1 on the left axis, the drift term E[D(real)²] on its own right axis: it is orders of
 magnitude larger and enters the loss times loss.drift), throughput.png (images/s), swd.png (swd_mean and each pyramid level), fid.png
 and kid.png (with kid_std as a band). Metric values logged during training and those appended
@@ -27,6 +27,7 @@ Span = tuple[float, float, int]  # start kimg, end kimg, resolution
 # (file, title, y label, which keys): training-log panels take fixed keys, metric panels a prefix.
 PANELS: list[tuple[str, str, str, Callable[[str], bool]]] = [
     ("losses.png", "Losses", "loss", lambda k: k in ("loss_d", "loss_g")),
+    ("vae.png", "VAE loss per image: recon + beta * KL", "loss", lambda k: k in ("loss_vae", "recon", "kl")),
     ("regularization.png", "Gradient penalty and drift", "penalty (gp or r1)", lambda k: k in ("gp", "r1", "drift")),
     ("throughput.png", "Throughput", "images / s", lambda k: k == "images_per_s"),
     ("swd.png", "Sliced Wasserstein distance (x 1e3)", "SWD", lambda k: k.startswith("swd_")),

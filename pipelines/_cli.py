@@ -32,7 +32,8 @@ def _parser(prog: str, default_config: str, description: str) -> argparse.Argume
 
 
 def run_training_cli(
-    argv: list[str], *, default_config: str, prog: str, description: str, single_resolution: bool = False
+    argv: list[str], *, default_config: str, prog: str, description: str, single_resolution: bool = False,
+    models: tuple[str, ...] | None = None,
 ) -> int:
     """Exit code: 0 done, 1 training diverged, 2 a bad config or launch (nothing written), 3 the
     run stopped on a fault outside it, with the checkpoints written before intact: storage (disk
@@ -41,8 +42,8 @@ def run_training_cli(
     loader worker stuck in a read cannot hold it (multiprocessing's handler would wait for the
     worker, which ignores SIGTERM, forever).
 
-    `single_resolution` is for the baselines: one resolution, no growing. `description` is the
-    entry point's --help text."""
+    `single_resolution` is for the baselines: one resolution, no growing. `models`, when given,
+    are the model.name values the entry point trains. `description` is the entry point's --help text."""
     # Parsed before torch and accelerate are imported, so that --help answers at once.
     args = _parser(prog, default_config, description).parse_intermixed_args(argv)
     from gan_hr.checkpoint import CheckpointWriteError
@@ -59,6 +60,8 @@ def run_training_cli(
         if single_resolution and cfg.schedule.start_res != cfg.schedule.max_res:
             raise ConfigError(f"schedule.start_res: {prog} trains one resolution; set it equal to schedule.max_res "
                               f"({cfg.schedule.max_res}) or use train_progressive.py")
+        if models is not None and cfg.model.name not in models:
+            raise ConfigError(f"model.name: {prog} trains {' or '.join(models)}, got {cfg.model.name!r}")
         if args.init_optimizers and args.init_from is None:
             raise LaunchError("--init-optimizers needs --init-from")
         run = run_training(cfg, run_dir=args.run_dir, resume=args.resume, name=config.stem,

@@ -5,7 +5,7 @@
         [--append-metrics]
 
 --checkpoint takes a checkpoint directory, a run's checkpoints/ folder or a run directory (its
-newest checkpoint). --data takes a data_prep directory, a URL or a pipe: command. It defaults
+newest checkpoint); of a VAE, its decoder is scored on samples from the prior. --data takes a data_prep directory, a URL or a pipe: command. It defaults
 to the checkpoint config's data.path; for a run on the built-in set (data.path null) it is the
 synthetic set the trainer prepared, at
 <data.synthetic_dir>/synthetic-<data.synthetic_images>-<schedule.max_res>, relative to the

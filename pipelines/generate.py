@@ -1,6 +1,7 @@
 """Images from a checkpoint's EMA generator: a grid, one PNG per sample, a style-mixing grid,
 an interpolation strip or a truncation sweep. Mixing, truncation and --truncation need a
-StyleGAN checkpoint; grids and interpolation work for every model.
+StyleGAN checkpoint; grids and interpolation work for every model. A VAE's generator is its
+decoder: z ~ N(0, I) -> image, samples from the prior.
 
 examples:
   python pipelines/generate.py --checkpoint P --out F.png [--num N] [--seed S] [--truncation PSI]

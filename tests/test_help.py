@@ -12,7 +12,7 @@ from train_helpers import ROOT, cpu_env
 from data_prep.cli import SYNTHETIC_DEFAULT_MAX_RES, build_parser
 
 ENTRY_POINTS = ["pipelines/generate.py", "pipelines/evaluate.py", "pipelines/train_progressive.py",
-                "pipelines/train_baseline.py"]
+                "pipelines/train_baseline.py", "pipelines/train_vae.py"]
 
 # Runs the script's --help in this interpreter and reports which heavy modules it imported.
 PROBE = """

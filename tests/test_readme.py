@@ -41,6 +41,8 @@ OVERRIDES = [
     # The baseline keeps its final SWD (TINY turns it off), on fewer images.
     ("pipelines/train_baseline.py",
      lambda c: f"{c} train.max_steps=2 data.num_workers=0 train.sample_grid=4 train.metrics_num_images=256"),
+    ("pipelines/train_vae.py",
+     lambda c: f"{c} train.max_steps=2 data.num_workers=0 train.sample_grid=4 train.metrics_num_images=256"),
     ("--num 10000", lambda c: f"{c} --num 8"),
     ("pipelines/evaluate.py", lambda c: f"{c} --num 64"),
 ]

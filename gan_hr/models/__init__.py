@@ -12,6 +12,7 @@ from gan_hr.config import ModelConfig
 from gan_hr.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from gan_hr.models.progan import ProGANDiscriminator, ProGANGenerator
 from gan_hr.models.stylegan import StyleGANDiscriminator, StyleGANGenerator
+from gan_hr.models.vae import VAEEncoder
 
 MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "progan": (ProGANGenerator, ProGANDiscriminator),
@@ -19,6 +20,8 @@ MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     # official code does.
     "stylegan": (StyleGANGenerator, StyleGANDiscriminator),
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
+    # A VAE: the decoder in the generator's slot, the encoder (-> mu, logvar) in the discriminator's.
+    "vae": (DCGANGenerator, VAEEncoder),
 }
 
 

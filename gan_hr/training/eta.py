@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from gan_hr.config import Config
-from gan_hr.losses import discriminator_loss, generator_loss
+from gan_hr.losses import discriminator_loss, generator_loss, vae_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.nn.spectral import update_spectral_norms
 from gan_hr.schedule import Schedule
@@ -123,6 +123,7 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
         torch.manual_seed(0)
         G = build_generator(cfg.model, cfg.schedule.max_res).to(device).train()
         D = build_discriminator(cfg.model, cfg.schedule.max_res).to(device).train()
+        step = _PROBE_STEPS.get(cfg.model.name, _probe_step)
         for res in resolutions:
             global_batch = schedule.batch_size(res)
             n = global_batch // world_size
@@ -130,7 +131,7 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
             times = []
             for _ in range(1 + repeats):
                 start = time.perf_counter()
-                _probe_step(cfg, G, D, real, res, autocast)
+                step(cfg, G, D, real, res, autocast)
                 if cuda:
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
@@ -162,3 +163,17 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     loss_g.backward()
     G.zero_grad(set_to_none=True)
     D.zero_grad(set_to_none=True)
+
+
+def _probe_vae_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
+                    autocast: Callable[[], AbstractContextManager]) -> None:
+    """The work of a VAE's step (gan_hr.training.vae): D encodes, G decodes, one backward."""
+    with autocast():
+        loss, _ = vae_loss(cfg.model.vae_beta, lambda x: D(x, res, 1.0), lambda z: G(z, res, 1.0), real)
+    loss.backward()
+    G.zero_grad(set_to_none=True)
+    D.zero_grad(set_to_none=True)
+
+
+# Models whose step is not the GANs' D and G steps (gan_hr.training.launch.TRAINERS).
+_PROBE_STEPS = {"vae": _probe_vae_step}

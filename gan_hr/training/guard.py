@@ -19,6 +19,7 @@ as a switch so that benchmarks/gpu_check.py can measure what the lag saves on a 
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from types import FrameType
 
 import torch
@@ -127,9 +128,12 @@ class StopGuard:
             signal.signal(sig, handler)
 
 
-def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+                    scaler: torch.amp.GradScaler, flags: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward, average gradients (and `flags`) across ranks, and step unless they are not finite.
+    `opt` may be several optimizers that together hold `net`'s parameters (a VAE's encoder and
+    decoder, trained by one loss): all step or none (under fp16 GradScaler checks each for overflow).
 
     Returns 0-dim bool device tensors, the same on every rank: whether the step was applied, and
     whether it was healthy; and the averaged flags. A skipped step is healthy when GradScaler
@@ -140,7 +144,9 @@ def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimiz
     Nothing here waits for the device. That takes two private corners of torch, the ones
     GradScaler itself uses: the scale as a device tensor (`_get_scale_async`; `get_scale()`
     reads it on the host), and a fused optimizer's `found_inf`, which skips a step on the device."""
-    opt.zero_grad(set_to_none=True)
+    opts = [opt] if isinstance(opt, torch.optim.Optimizer) else list(opt)
+    for o in opts:
+        o.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
     sent = loss_bad if flags is None else torch.cat([flags.reshape(-1), loss_bad])
@@ -148,12 +154,14 @@ def apply_gradients(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimiz
     if scaler.is_enabled():
         # Read before update() halves the scale.
         settling = (flags_avg[-1] == 0) & (scaler._get_scale_async() > 1)
-        scaler.step(opt)  # with a fused optimizer it skips an overflow on the device
+        for o in opts:
+            scaler.step(o)  # with a fused optimizer it skips an overflow on the device
         scaler.update()
         healthy = finite | settling
     else:
-        opt.found_inf = (~finite).float()
-        opt.step()
-        del opt.found_inf
+        for o in opts:
+            o.found_inf = (~finite).float()
+            o.step()
+            del o.found_inf
         healthy = finite
     return finite, healthy, flags_avg[:-1]

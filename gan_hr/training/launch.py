@@ -30,6 +30,7 @@ from gan_hr.training.resume import LaunchError, Resume, report_changes, select_i
 from gan_hr.training.run_dir import MetricsLog, RunDir, RunLock, RunLocked, new_run_id, read_metrics
 from gan_hr.training.tracking import start_tracking
 from gan_hr.training.trainer import Trainer
+from gan_hr.training.vae import VAETrainer
 
 __all__ = ["LaunchError", "make_accelerator", "run_training"]
 
@@ -39,6 +40,8 @@ __all__ = ["LaunchError", "make_accelerator", "run_training"]
 # floor of 512 images is much higher and noisier than that of 2048, and so the ratio to it
 # (measured on the demo: README, "Sampling and evaluation").
 FINAL_SWD_DIRS, FINAL_SWD_REPEATS = 128, 1
+# Models whose step is not the GANs' D and G steps: model.name -> its Trainer.
+TRAINERS: dict[str, type[Trainer]] = {"vae": VAETrainer}
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -208,8 +211,10 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     if acc.num_processes > 1:
         broadcast_object_list(record)
     tracking = start_tracking(acc, cfg, run, record[0])
-    trainer = Trainer(cfg, run, acc, data_root, resume=ckpt.ckpt if ckpt else None, init=init,
-                      init_optimizers=init_optimizers, wandb_run_id=record[0]["wandb_run_id"], evaluator=evaluator)
+    trainer_class = TRAINERS.get(cfg.model.name, Trainer)
+    trainer = trainer_class(cfg, run, acc, data_root, resume=ckpt.ckpt if ckpt else None, init=init,
+                            init_optimizers=init_optimizers, wandb_run_id=record[0]["wandb_run_id"],
+                            evaluator=evaluator)
     if acc.is_main_process:
         print("\n".join(_header(cfg, acc, run, trainer, data_root, requested_precision, _start(ckpt, init))),
               flush=True)

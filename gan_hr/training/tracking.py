@@ -24,7 +24,7 @@ from gan_hr.training.run_dir import RunDir
 
 # metrics.jsonl key -> W&B section; a prefix ending in "_" groups every key that starts with it.
 _SECTIONS = {
-    "loss": ("loss_d", "loss_g", "score_"),
+    "loss": ("loss_d", "loss_g", "score_", "loss_vae", "recon", "kl"),
     "reg": ("gp", "r1", "drift"),
     "perf": ("images_per_s", "sec_per_kimg", "data_wait_frac", "peak_mem_mb"),
     "progress": ("kimg", "resolution", "alpha", "phase", "batch_size", "lr"),

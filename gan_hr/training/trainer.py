@@ -328,7 +328,7 @@ class Trainer:
         return batch["image"]
 
     def train_step(self, phase: Phase, images: torch.Tensor) -> None:
-        """One D step and one G step on a uint8 batch [n, 3, R, R] of this rank's reals, then EMA."""
+        """One training step on a uint8 batch [n, 3, R, R] of this rank's reals (`_update`), then EMA."""
         cfg = self.cfg
         res = self._res = phase.resolution
         alpha = self._alpha = phase.alpha(self.state.images_seen)
@@ -338,6 +338,28 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
         real = to_float(images.to(self.device, non_blocking=True))
+        ok, healthy, stop_avg, stats = self._update(real, res, alpha)
+        average_buffers(self.G)
+        average_buffers(self.D)
+
+        # Everything below stays on the device: a skipped step leaves G_ema as it was (beta 1),
+        # and the guard hears of it, and of a stop request, one step later.
+        beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
+        update_ema(self.G_ema, self.G, torch.where(ok, beta, 1.0))
+        self.guard.record(healthy, stop_avg)
+
+        self.state.step += 1
+        self.state.images_seen += global_batch
+        self.state.batches_in_phase += 1
+        self._accumulate(stats)
+        self._window_steps += 1
+        self._window_images += global_batch
+
+    def _update(self, real: torch.Tensor, res: int, alpha: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One D step and one G step on float reals. Returns device tensors: whether both were
+        applied, whether both were healthy, the averaged stop flag; and the named statistics."""
+        cfg = self.cfg
         n = real.shape[0]
 
         def D(x: torch.Tensor) -> torch.Tensor:
@@ -371,22 +393,7 @@ class Trainer:
             loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
         g_ok, g_healthy, stop_avg = apply_gradients(loss_g, self.G, self.opt_G, self.scaler_G,
                                                     flags=self.guard.stop_flag())
-        average_buffers(self.G)
-        average_buffers(self.D)
-
-        # Everything below stays on the device: a skipped step leaves G_ema as it was (beta 1),
-        # and the guard hears of it, and of a stop request, one step later.
-        ok = d_ok & g_ok
-        beta = ema_beta(global_batch, cfg.train.ema_halflife_kimg, self.state.images_seen, cfg.train.ema_rampup)
-        update_ema(self.G_ema, self.G, torch.where(ok, beta, 1.0))
-        self.guard.record(d_healthy & g_healthy, stop_avg)
-
-        self.state.step += 1
-        self.state.images_seen += global_batch
-        self.state.batches_in_phase += 1
-        self._accumulate({**stats_d, **stats_g})
-        self._window_steps += 1
-        self._window_images += global_batch
+        return d_ok & g_ok, d_healthy & g_healthy, stop_avg, {**stats_d, **stats_g}
 
     # ------------------------------------------------------------------ logging, samples, checkpoints
 
@@ -480,9 +487,13 @@ class Trainer:
         path = self.run_dir.samples / f"reals-{resolution}.png"
         if not self.acc.is_main_process or path.exists():
             return
+        save_grid(self._first_reals(resolution), path)
+
+    def _first_reals(self, resolution: int) -> torch.Tensor:
+        """The first train.sample_grid images (uint8) of the data's seed-0 stream at `resolution`."""
         shards = resolution_shards(load_manifest(self.data_root), self.data_root, resolution)
         stream = ShardStream(shards, batch_size=self.cfg.train.sample_grid, resolution=resolution, seed=0, slots=1)
-        save_grid(next(iter(stream))["image"], path)
+        return next(iter(stream))["image"]
 
     def _checkpoint(self, kind: str) -> None:
         self.guard.sync()  # the saved counters are this step's
