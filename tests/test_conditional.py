@@ -185,8 +185,8 @@ def _colour_features(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_conditional_dcgan_draws_the_class_it_is_given(tmp_path, repo_root):
-    """A short conditional DCGAN run (configs/cdcgan_shapes.yaml at lr 1e-3, 8 kimg, about a
-    minute on one thread) makes samples of each class that a classifier trained on the reals
+    """A short conditional DCGAN run (configs/cdcgan_shapes.yaml at lr 1e-3, 8 kimg, 40-90 s on
+    one thread) makes samples of each class that a classifier trained on the reals
     (nearest class mean of 8x8-tile colours; 100% on held-out reals) puts in that class.
 
     The classes are the built-in images' backgrounds, not their shapes: the shape classes (the
