@@ -22,7 +22,8 @@ import torch
 
 from gan_hr.config import ModelConfig
 
-__all__ = ["check_labels", "data_labels", "grid_labels", "label_vectors", "labels_from_seeds", "num_labels", "parse_label_choice"]
+__all__ = ["check_labels", "data_labels", "grid_labels", "label_vectors", "labels_from_seeds", "num_labels",
+           "parse_label_choice"]
 
 # Seeds of label draws are offset from latent seeds: the two draws of one sample stay independent.
 _LABEL_SEED_OFFSET = 0x5EED

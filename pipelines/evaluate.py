@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--per-class needs a conditional checkpoint (this one has model.conditional false)")
     values = evaluator(G, trained.resolution, trained.alpha, truncation_psi=args.truncation)
     if args.per_class:
-        style = {"truncation_psi": args.truncation, "noise_mode": "const"} if getattr(G, "supports_style", False) else {}
+        style = ({"truncation_psi": args.truncation, "noise_mode": "const"}
+                 if getattr(G, "supports_style", False) else {})
         values.update(per_class_swd(G, str(data), trained.resolution, trained.alpha, num_images=num, seed=args.seed,
                                     batch_size=args.batch_size, device=device, style_kwargs=style))
     record = {
