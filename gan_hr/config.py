@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 class DataConfig:
     # A data_prep output directory (holds manifest.json); None trains on the built-in set.
     path: str | None = None
-    # Built-in synthetic set: how many images, and where it is prepared on first use.
+    # Built-in synthetic set: how many images, and where it is prepared on first use. With
+    # model.conditional it is prepared with its shape classes (data_prep --labels shapes).
     synthetic_images: int = 2048
     synthetic_dir: str = "data/synthetic"
     # Random horizontal flips, as in the ProGAN/StyleGAN CelebA-HQ runs.
@@ -70,6 +71,14 @@ class ModelConfig:
     # VAE (model.name=vae): weight of the KL term in recon + beta * KL (Kingma & Welling 2014 is
     # 1; Higgins et al.'s beta-VAE varies it). See gan_hr/losses.py, vae_loss.
     vae_beta: float = 1.0
+    # Condition G and D on the data's labels, classes or attributes (gan_hr/labels.py; README,
+    # Conditional GANs). The label_* keys are the data's, filled from its manifest when a run
+    # starts (not set by hand), so that a checkpoint knows them without the data.
+    conditional: bool = False
+    label_kind: str | None = None
+    label_names: list[str] = field(default_factory=list)
+    # Fraction of the images in each class, or with each attribute.
+    label_frequencies: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +170,8 @@ class Config:
         if self.data.path is not None:
             return self.data.path
         name = f"synthetic-{self.data.synthetic_images}-{self.schedule.max_res}"
+        if self.model.conditional:
+            name += "-shapes"  # the same images, with their shape classes
         # os.path.join, not Path: Path drops a leading ./, which turns './pipe:x' into a command.
         return os.path.join(self.data.synthetic_dir, name)
 
@@ -359,6 +370,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= m.w_avg_beta < 1, "model.w_avg_beta", "must be in [0, 1)")
     _check(m.truncation_cutoff >= 0, "model.truncation_cutoff", "must be 0 or more")
     _one_of(m.sync_batchnorm, ("auto", "on", "off"), "model.sync_batchnorm")
+    _check(m.label_kind in (None, "class", "attributes"), "model.label_kind",
+           f"must be class, attributes or null, got {m.label_kind!r}")
+    _check(m.conditional or not m.label_names, "model.label_names",
+           "is only for model.conditional (filled from the data's manifest when a run starts)")
 
     _one_of(lo.name, LOSS_NAMES, "loss.name")
     for key in ("gp_lambda", "drift", "r1_gamma"):
@@ -373,6 +388,7 @@ def validate(cfg: Config) -> None:
     _check(m.vae_beta >= 0, "model.vae_beta", f"must be 0 or more (the KL weight), got {m.vae_beta!r}")
     if m.name == "vae":
         _check(not m.d_spectral_norm, "model.d_spectral_norm", "must be false for vae (it has no discriminator)")
+        _check(not m.conditional, "model.conditional", "must be false for vae (the VAE baseline is unconditional)")
     if m.name in SINGLE_RES_MODELS:
         _check(s.start_res == s.max_res, "schedule.start_res", f"must equal schedule.max_res for {m.name} (no growing)")
         _check(s.max_res >= 32, "schedule.max_res", f"must be 32 or more for {m.name}")
@@ -411,10 +427,10 @@ def validate(cfg: Config) -> None:
     _check(0 < tr.init_timeout_s <= 300, "tracking.init_timeout_s", "must be in (0, 300] seconds")
 
     if d.path is not None:
-        _validate_data_path(d.path, s.start_res, s.max_res)
+        _validate_data_path(d.path, s.start_res, s.max_res, conditional=m.conditional)
 
 
-def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
+def _validate_data_path(path: str, start_res: int, max_res: int, *, conditional: bool = False) -> None:
     """The data set has images at every resolution the schedule trains, by its manifest: a data set
     without them fails here, before the run directory exists, rather than when its phase starts.
     No shard is opened (each phase checks its own when it starts, gan_hr.data)."""
@@ -429,11 +445,14 @@ def _validate_data_path(path: str, start_res: int, max_res: int) -> None:
     _check(Path(path).is_dir(), "data.path", f"no such directory: {path}")
     _check(manifest.is_file(), "data.path", f"no {MANIFEST} in {path} (run python -m data_prep)")
     try:
-        counts = image_counts(parse_manifest(manifest.read_bytes()))
+        parsed = parse_manifest(manifest.read_bytes())
+        counts = image_counts(parsed)
     except OSError as exc:
         raise ConfigError(f"data.path: {manifest} is unreadable ({exc.strerror})") from exc
     except ManifestError as exc:
         raise ConfigError(f"data.path: {manifest} {exc}".splitlines()[0]) from exc
+    _check(not conditional or "labels" in parsed, "model.conditional",
+           f"the data in {path} has no labels: prepare it with python -m data_prep --labels folders|shapes|FILE")
     _check(any(counts.values()), "data.path",
            f"{manifest} lists no shards: the data set holds no images (see its \"skipped\")")
     _check(max_res <= max(counts), "schedule.max_res",

@@ -9,7 +9,9 @@ What is compared, exactly:
 * Fake: sample i comes from ``latents_from_seeds([seed + i])`` (what ``generate.py --seed S``
   writes as sample i), through the generator in eval mode without gradients, StyleGAN noise
   ``const``, quantised to uint8 as a saved PNG would be. Rank r makes samples
-  ``[r * share, (r + 1) * share)``.
+  ``[r * share, (r + 1) * share)``. A conditional generator's sample i takes a label drawn from
+  the data's label frequencies with seed ``seed + i`` (``gan_hr.labels.labels_from_seeds``, what
+  generate.py writes without --class); `per_class_swd` instead fixes the class.
 
 Per-process features (Inception pool features, SWD patch descriptors) are concatenated across
 processes with ``gather`` (e.g. ``accelerator.gather``) in rank order, and cut back to
@@ -36,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gan_hr.data import ShardInfo, ShardStream, load_manifest, resolution_shards
+from gan_hr.labels import data_labels, labels_from_seeds
 from gan_hr.metrics import (
     METRICS,
     NEEDS_INCEPTION,
@@ -55,7 +58,7 @@ from gan_hr.metrics.swd import (
 )
 from gan_hr.sampling import latents_from_seeds, to_uint8
 
-__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir"]
+__all__ = ["SWD_MIN_RESOLUTION", "Evaluator", "default_cache_dir", "per_class_swd"]
 
 Gather = Callable[[Tensor], Tensor]
 SWD_PATCHES = 128  # compute_swd's default: 7x7 patches per image and pyramid level
@@ -306,10 +309,17 @@ class Evaluator:
     def _fake_batches(self, G: nn.Module, resolution: int, alpha: float, style_kwargs: Mapping) -> Iterator[Tensor]:
         device = next(G.parameters()).device
         first = self.seed + self.rank * self.share
+        labels = data_labels(self.reals.manifest) if getattr(G, "num_labels", 0) else None
+        if getattr(G, "num_labels", 0) and labels is None:
+            raise ValueError(f"a conditional generator needs labelled data; {self.reals.data_root} has no labels")
         for size in _chunks(self.share, self.batch_size):
-            z = latents_from_seeds(range(first, first + size), G.latent_dim).to(device)
+            seeds = range(first, first + size)
+            z = latents_from_seeds(seeds, G.latent_dim).to(device)
+            kwargs = dict(style_kwargs)
+            if labels is not None:
+                kwargs["labels"] = labels_from_seeds(seeds, labels[0], labels[2]).to(device)
             first += size
-            yield to_uint8(G(z, resolution, alpha, **style_kwargs).float())
+            yield to_uint8(G(z, resolution, alpha, **kwargs).float())
 
     def _gather_first(self, rows: int) -> Gather:
         """`gather`, then the first `rows` rows: drops what the last ranks made beyond num_images."""
@@ -325,6 +335,60 @@ class Evaluator:
             return path
         flags = self.gather(torch.tensor([float(path.is_file())], device=self.device))
         return path if flags.min() == flags.max() else None
+
+
+# --------------------------------------------------------------------------- per class
+
+
+@torch.no_grad()
+def per_class_swd(G: nn.Module, data_root: str, resolution: int, alpha: float = 1.0, *, num_images: int,
+                  seed: int = 0, batch_size: int = 32, device: torch.device | str = "cpu",
+                  style_kwargs: Mapping | None = None) -> dict[str, float]:
+    """SWD (x 1e3) of a class-conditional generator per class: the first `num_images` reals of
+    class k in the data's one-reader stream (with `seed`; all of them when the class has fewer)
+    against as many fakes of class k from seeds ``seed, seed + 1, ...``. Returns
+    ``swd_mean_<class name>`` and ``num_images_<class name>`` for every class; one process."""
+    from gan_hr.metrics.swd import compute_swd
+
+    manifest = load_manifest(data_root)
+    labels = data_labels(manifest)
+    if labels is None or labels[0] != "class":
+        raise ValueError(f"--per-class needs a data set with class labels; {data_root} has "
+                         f"{'none' if labels is None else labels[0]}")
+    names = labels[1]
+    if getattr(G, "num_labels", 0) != len(names):
+        raise ValueError(f"--per-class needs a conditional generator with the data's {len(names)} classes")
+    shards = resolution_shards(manifest, data_root, resolution)
+    reals: list[list[Tensor]] = [[] for _ in names]
+    stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=seed, slots=1, labels=True)
+    for position, batch in enumerate(stream):  # one pass over the data at most
+        if position >= manifest["num_images"] or all(len(r) >= num_images for r in reals):
+            break
+        k = int(batch["label"][0])
+        if len(reals[k]) < num_images:
+            reals[k].append(batch["image"])
+    was_training = G.training
+    G.eval()
+    gen_device = next(G.parameters()).device
+    result: dict[str, float] = {}
+    try:
+        with torch.random.fork_rng(devices=[gen_device] if gen_device.type == "cuda" else []):
+            for k, name in enumerate(names):
+                count = len(reals[k])
+                if count < 2:
+                    raise ValueError(f"class {name!r} has {count} image(s) in {data_root}; SWD needs 2 or more")
+                fakes = []
+                for start in range(0, count, batch_size):
+                    seeds = range(seed + start, seed + min(start + batch_size, count))
+                    z = latents_from_seeds(seeds, G.latent_dim).to(gen_device)
+                    y = torch.nn.functional.one_hot(torch.full((len(seeds),), k), len(names)).float().to(gen_device)
+                    fakes.append(to_uint8(G(z, resolution, alpha, labels=y, **(style_kwargs or {})).float().cpu()))
+                swd = compute_swd(torch.cat(reals[k]), torch.cat(fakes), seed=seed, device=device)
+                result[f"swd_mean_{name}"] = swd["swd_mean"]
+                result[f"num_images_{name}"] = count
+    finally:
+        G.train(was_training)
+    return result
 
 
 # --------------------------------------------------------------------------- helpers

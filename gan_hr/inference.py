@@ -50,9 +50,13 @@ def load_generator(path: str | Path, *, use_ema: bool = True) -> TrainedGenerato
 
 
 @torch.no_grad()
-def generate(trained: TrainedGenerator, z: torch.Tensor, **style_kwargs: Any) -> torch.Tensor:
+def generate(trained: TrainedGenerator, z: torch.Tensor, labels: torch.Tensor | None = None,
+             **style_kwargs: Any) -> torch.Tensor:
     """Images in [-1, 1] at the checkpoint's resolution; style kwargs (truncation, noise) go
-    only to generators that take them."""
+    only to generators that take them. A conditional generator needs `labels`, vectors [N, A]
+    (gan_hr.labels)."""
     G = trained.generator
-    kwargs = style_kwargs if getattr(G, "supports_style", False) else {}
+    kwargs = dict(style_kwargs) if getattr(G, "supports_style", False) else {}
+    if labels is not None:
+        kwargs["labels"] = labels.to(z.device)
     return G(z, trained.resolution, trained.alpha, **kwargs)

@@ -102,10 +102,13 @@ def _synthesize(
 
 
 @torch.no_grad()
-def _ws(G: nn.Module, z: torch.Tensor, psi: float, cutoff: int | None) -> torch.Tensor:
-    w = G.mapping(z.to(_device(G)))
+def _ws(G: nn.Module, z: torch.Tensor, psi: float, cutoff: int | None,
+        labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Broadcast ws of latents z (with label vectors [N, A] for a conditional G), truncated."""
+    labels = labels.to(_device(G)) if labels is not None else None
+    w = G.mapping(z.to(_device(G)), labels)
     ws = w[:, None].expand(-1, G.num_ws, -1)
-    return G.truncate(ws, psi, cutoff) if psi != 1.0 else ws
+    return G.truncate(ws, psi, cutoff, labels) if psi != 1.0 else ws
 
 
 def style_mixing_grid(
@@ -120,6 +123,8 @@ def style_mixing_grid(
     truncation_cutoff: int | None = None,
     noise_mode: str = "const",
     batch_size: int = 16,
+    col_labels: torch.Tensor | None = None,
+    row_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The paper's figure 3: images [(R + 1) * (C + 1), 3, res, res], row-major, for
     `save_grid(images, path, nrow=C + 1)`.
@@ -129,8 +134,8 @@ def style_mixing_grid(
     `layers` (indices into the ws, e.g. range(0, 4) for the coarse 4²-8² styles), which come
     from B_i.
     """
-    ws_a = _ws(G, col_z, truncation_psi, truncation_cutoff)
-    ws_b = _ws(G, row_z, truncation_psi, truncation_cutoff)
+    ws_a = _ws(G, col_z, truncation_psi, truncation_cutoff, col_labels)
+    ws_b = _ws(G, row_z, truncation_psi, truncation_cutoff, row_labels)
     mask = torch.zeros(G.num_ws, dtype=torch.bool, device=ws_a.device)
     mask[list(layers)] = True
     rows, cols = ws_b.shape[0], ws_a.shape[0]
@@ -157,10 +162,12 @@ def interpolate_w(
     truncation_cutoff: int | None = None,
     noise_mode: str = "const",
     batch_size: int = 16,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images [steps, 3, res, res] along the straight line from w(z0) to w(z1) (W is where
-    StyleGAN's interpolations are smooth: the paper's perceptual path length lerps in W)."""
-    ws = _ws(G, torch.stack([z0, z1]), truncation_psi, truncation_cutoff)
+    StyleGAN's interpolations are smooth: the paper's perceptual path length lerps in W); a
+    conditional G takes the label vectors [2, A] of the two ends."""
+    ws = _ws(G, torch.stack([z0, z1]), truncation_psi, truncation_cutoff, labels)
     t = torch.linspace(0.0, 1.0, steps, device=ws.device, dtype=ws.dtype)[:, None, None]
     return _synthesize(G, torch.lerp(ws[0:1], ws[1:2], t), resolution, alpha, noise_mode, batch_size)
 
@@ -176,10 +183,12 @@ def truncation_grid(
     truncation_cutoff: int | None = None,
     noise_mode: str = "const",
     batch_size: int = 16,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images [len(z) * len(psis), 3, res, res]: one row per z, one column per psi
-    (for `save_grid(images, path, nrow=len(psis))`)."""
-    w = G.mapping(z.to(_device(G)))
+    (for `save_grid(images, path, nrow=len(psis))`); a conditional G takes label vectors [N, A]."""
+    labels = labels.to(_device(G)) if labels is not None else None
+    w = G.mapping(z.to(_device(G)), labels)
     ws = w[:, None].expand(-1, G.num_ws, -1)
-    rows = torch.stack([G.truncate(ws, float(psi), truncation_cutoff) for psi in psis], dim=1)
+    rows = torch.stack([G.truncate(ws, float(psi), truncation_cutoff, labels) for psi in psis], dim=1)
     return _synthesize(G, rows.reshape(-1, G.num_ws, ws.shape[-1]), resolution, alpha, noise_mode, batch_size)

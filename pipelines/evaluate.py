@@ -25,6 +25,11 @@ weights file (--inception-weights or $GAN_HR_INCEPTION_WEIGHTS); nothing is down
 image statistics for FID/KID and the SWD floor are cached under --cache-dir (default
 <data>/.fid_cache).
 
+A conditional checkpoint's fake i takes a label drawn from the data's label frequencies with
+seed S + i. --per-class (class-conditional checkpoints) adds, per class, the SWD of that class's
+fakes against the first N reals of that class (fewer when the class has fewer): swd_mean_<class>
+and num_images_<class> in the JSON.
+
 --append-metrics also appends the record, with "metric_source": "evaluate", to the run's
 metrics.jsonl (the run directory holding checkpoints/<checkpoint>). Exit codes: 0 done, 2 bad
 arguments, checkpoint or data, or no Inception weights.
@@ -61,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="real-image statistics cache (default <data>/.fid_cache)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--append-metrics", action="store_true", help="also append the record to the run's metrics.jsonl")
+    p.add_argument("--per-class", action="store_true",
+                   help="class-conditional checkpoints: also the SWD of each class against the reals of that class")
     return p
 
 
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the record (metric values and where they come from)."""
     import torch
 
-    from gan_hr.evaluation import Evaluator
+    from gan_hr.evaluation import Evaluator, per_class_swd
     from gan_hr.inference import load_generator
     from gan_hr.path_args import checkpoint_arg, data_arg, out_dir_arg, saved_data_root
     from gan_hr.training.run_dir import MetricsLog, RunDir
@@ -91,7 +98,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress=True, swd_floor=True,
     )
     G = trained.generator.to(device)
+    if args.per_class and not cfg.model.conditional:
+        raise ValueError("--per-class needs a conditional checkpoint (this one has model.conditional false)")
     values = evaluator(G, trained.resolution, trained.alpha, truncation_psi=args.truncation)
+    if args.per_class:
+        style = ({"truncation_psi": args.truncation, "noise_mode": "const"}
+                 if getattr(G, "supports_style", False) else {})
+        values.update(per_class_swd(G, str(data), trained.resolution, trained.alpha, num_images=num, seed=args.seed,
+                                    batch_size=args.batch_size, device=device, style_kwargs=style))
     record = {
         "step": trained.meta["step"],
         "kimg": trained.meta["kimg"],

@@ -9,9 +9,15 @@ examples:
   python pipelines/generate.py --checkpoint P --out mix.png --mode mixing --mix-layers coarse
   python pipelines/generate.py --checkpoint P --out lerp.png --mode interpolation --seed 3 --seed-to 7
   python pipelines/generate.py --checkpoint P --out psi.png --mode truncation  # prints the psi of each column
+  python pipelines/generate.py --checkpoint P --out squares.png --class square     # conditional: one class
+  python pipelines/generate.py --checkpoint P --out f.png --attributes smiling=1,male=0
 
 Sample i is drawn from seed S + i alone (and StyleGAN's noise inputs are fixed), so the same
-seed gives the same image whatever --num or --batch-size is.
+seed gives the same image whatever --num or --batch-size is. A conditional checkpoint's samples
+take the label given by --class (an index or a name) or --attributes (attributes not named are
+0); without either, sample i's label is drawn from the training data's label frequencies with
+seed S + i (attributes each on their own). Conditional StyleGAN truncation pulls towards the
+sample's own class centre.
 """
 
 from __future__ import annotations
@@ -51,7 +57,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16,
                    help="images per generator forward (default 16); changes speed and memory, not the images")
     p.add_argument("--no-ema", action="store_true", help="use G instead of the EMA generator")
+    label = p.add_mutually_exclusive_group()
+    label.add_argument("--class", dest="class_", default=None, metavar="K",
+                       help="conditional checkpoints: every sample of class K (an index or a name)")
+    label.add_argument("--attributes", default=None, metavar="A=1,B=0",
+                       help="conditional checkpoints with attributes: the attributes of every sample (others 0)")
     return p
+
+
+def sample_labels(trained, seeds, args):
+    """Label vectors [len(seeds), A] for a conditional checkpoint's samples (None for an
+    unconditional one): --class / --attributes, else drawn per seed from the data's frequencies."""
+    from gan_hr.labels import labels_from_seeds, parse_label_choice
+
+    m = trained.config.model
+    chosen = args.class_ is not None or args.attributes is not None
+    if not m.conditional:
+        if chosen:
+            raise ValueError(f"{'--class' if args.class_ is not None else '--attributes'} needs a conditional "
+                             "checkpoint (this one has model.conditional false)")
+        return None
+    seeds = list(seeds)
+    if chosen:
+        return parse_label_choice(m, args.class_, args.attributes).expand(len(seeds), -1).clone()
+    return labels_from_seeds(seeds, m.label_kind, m.label_frequencies)
 
 
 def mixing_layers(spec: str, num_ws: int) -> range:
@@ -102,7 +131,8 @@ def run(args: argparse.Namespace) -> Path:
 
     if args.mode == "grid":
         seeds = list(range(args.seed, args.seed + args.num))
-        images = _generate(trained, latents_from_seeds(seeds, G.latent_dim), args.batch_size, style_kwargs)
+        images = _generate(trained, latents_from_seeds(seeds, G.latent_dim), args.batch_size, style_kwargs,
+                           sample_labels(trained, seeds, args))
         if per_sample:
             out.mkdir(parents=True, exist_ok=True)
             for seed, image in zip(seeds, to_uint8(images)):
@@ -111,43 +141,55 @@ def run(args: argparse.Namespace) -> Path:
         save_grid(images, out)
         return out
     if args.mode == "mixing":
-        cols = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
-        rows = latents_from_seeds(range(args.seed + args.num, args.seed + args.num + args.rows), G.latent_dim)
+        col_seeds = range(args.seed, args.seed + args.num)
+        row_seeds = range(args.seed + args.num, args.seed + args.num + args.rows)
+        cols, rows = latents_from_seeds(col_seeds, G.latent_dim), latents_from_seeds(row_seeds, G.latent_dim)
         layers = mixing_layers(args.mix_layers, G.num_ws_at(res))
         with torch.no_grad():
             images = style_mixing_grid(G, cols, rows, layers, res, alpha, truncation_psi=psi,
-                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size)
+                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size,
+                                       col_labels=sample_labels(trained, col_seeds, args),
+                                       row_labels=sample_labels(trained, row_seeds, args))
         save_grid(images, out, nrow=args.num + 1)
     elif args.mode == "interpolation":
         end = args.seed_to if args.seed_to is not None else args.seed + 1
         z0, z1 = latents_from_seeds([args.seed, end], G.latent_dim)
+        ends = sample_labels(trained, [args.seed, end], args)
         with torch.no_grad():
             if style:
                 images = interpolate_w(G, z0, z1, args.steps, res, alpha, truncation_psi=psi,
-                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size)
+                                       truncation_cutoff=args.truncation_cutoff, batch_size=args.batch_size,
+                                       labels=ends)
             else:
-                images = _generate(trained, interpolate_latents(z0, z1, args.steps), args.batch_size, style_kwargs)
+                # A conditional strip also goes linearly from one end's label vector to the other's.
+                t = torch.linspace(0.0, 1.0, args.steps)[:, None]
+                labels = torch.lerp(ends[0:1], ends[1:2], t) if ends is not None else None
+                images = _generate(trained, interpolate_latents(z0, z1, args.steps), args.batch_size, style_kwargs,
+                                   labels)
         save_grid(images, out, nrow=args.steps)
     else:
         psis = list(TRUNCATION_PSIS)
-        z = latents_from_seeds(range(args.seed, args.seed + args.num), G.latent_dim)
+        seeds = range(args.seed, args.seed + args.num)
+        z = latents_from_seeds(seeds, G.latent_dim)
         with torch.no_grad():
             images = truncation_grid(G, z, psis, res, alpha, truncation_cutoff=args.truncation_cutoff,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, labels=sample_labels(trained, seeds, args))
         save_grid(images, out, nrow=len(psis))
         print(f"columns, left to right: psi {' '.join(map(str, psis))}; rows: seeds {args.seed} .. "
               f"{args.seed + args.num - 1}")
     return out
 
 
-def _generate(trained, z, batch_size: int, style_kwargs: dict):
-    """Images of latents ``z`` in batches, on the CPU."""
+def _generate(trained, z, batch_size: int, style_kwargs: dict, labels=None):
+    """Images of latents ``z`` (with label vectors for a conditional checkpoint) in batches, on the CPU."""
     import torch
 
     from gan_hr.inference import generate
 
     device = next(trained.generator.parameters()).device
-    chunks = [generate(trained, chunk.to(device), **style_kwargs).float().cpu() for chunk in z.split(batch_size)]
+    label_chunks = labels.split(batch_size) if labels is not None else [None] * len(z.split(batch_size))
+    chunks = [generate(trained, chunk.to(device), y, **style_kwargs).float().cpu()
+              for chunk, y in zip(z.split(batch_size), label_chunks)]
     return torch.cat(chunks)
 
 

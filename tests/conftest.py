@@ -27,3 +27,13 @@ def synthetic_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "data"
     prepare("synthetic:256", out, max_res=32, shard_size=64, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def labelled_data(tmp_path_factory) -> Path:
+    """The built-in set with its shape classes (disc, square, triangle) at 4²..32²."""
+    from data_prep import prepare
+
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    prepare("synthetic:256", out, max_res=32, shard_size=64, workers=1, progress=False, labels="shapes")
+    return out

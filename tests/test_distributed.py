@@ -43,6 +43,15 @@ def test_two_processes_stay_in_sync_across_growth(tmp_path, synthetic_data, mode
     _assert_ranks_in_sync(run)
 
 
+def test_conditional_stylegan_stays_in_sync(tmp_path, labelled_data):
+    """Each rank's fakes take its own share's labels; the per-class w_avg is averaged as w_avg is."""
+    run = tmp_path / "run"
+    _run([accelerate_launch(run, labelled_data, "train.max_steps=12", "model.name=stylegan", "model.conditional=true",
+                            port=free_port())])
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    _assert_ranks_in_sync(run)
+
+
 def test_dcgan_with_sync_batchnorm_stays_in_sync(tmp_path, synthetic_data):
     run = tmp_path / "run"
     _run([accelerate_launch(run, synthetic_data, "train.max_steps=4", "schedule.start_res=32", "schedule.max_res=32",

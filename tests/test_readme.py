@@ -26,6 +26,7 @@ SKIPPED = {
     "--run-dir runs/sg1024 --resume auto": "continues the 8-GPU CelebA-HQ run",
     "--run-dir runs/grow1024": "warm start from a 256² CelebA-HQ run, on GPUs",
     "--checkpoint runs/sg1024": "scores the CelebA-HQ StyleGAN run",
+    "--checkpoint runs/cstylegan": "samples the conditional CelebA-HQ attribute run",
     "benchmarks/": "minutes each at paper widths (tests/test_benchmarks.py runs them small)",
     "sbatch": "needs SLURM (tests/test_slurm.py runs the templates on a one-node cluster)",
     "scancel": "needs SLURM",

@@ -78,6 +78,7 @@ def test_vae_loss_reparameterises_so_both_networks_get_gradients():
     ("model.vae_beta=abc", "model.vae_beta: expected a number, got 'abc'"),
     ("model.vae_beta=.nan", "model.vae_beta: expected a finite number"),
     ("model.d_spectral_norm=true", "model.d_spectral_norm: must be false for vae"),
+    ("model.conditional=true", "model.conditional: must be false for vae"),
     ("schedule.start_res=16", "schedule.start_res: must equal schedule.max_res for vae"),
 ])
 def test_vae_config_errors_name_the_key(override, message):

@@ -15,6 +15,10 @@ Miyato et al.'s DCGAN-style discriminator: batch norm divides by the batch's sta
 which undoes any scaling of the conv before it, so SN on a conv followed by batch norm would
 change nothing.
 
+With `model.conditional` (cGAN, Mirza & Osindero 2014, as DCGAN courses build it) the label
+vector y [N, A] (one-hot class or 0/1 attributes, gan_hr/labels.py) is concatenated to z in G,
+and enters D as A constant input channels beside the image (y tiled over every pixel).
+
 Batch norm is plain `nn.BatchNorm2d`. Nothing distributed lives here: when `model.sync_batchnorm`
 asks for it, the trainer swaps each one for `gan_hr.training.sync_batchnorm.SyncBatchNorm2d`
 (`convert_sync_batchnorm` there; unlike torch's SyncBatchNorm it also runs on CPU with gloo), so
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from gan_hr.config import ModelConfig
+from gan_hr.labels import check_labels, num_labels
 from gan_hr.nn.spectral import INIT_ITERATIONS, SpectralNormConv2d, update_spectral_norms
 from gan_hr.resolutions import check_max_res, resolutions_between
 
@@ -64,6 +69,7 @@ def init_dcgan_weights(module: nn.Module) -> None:
 def _check_resolution(resolution: int, max_res: int) -> None:
     if resolution != max_res:
         raise ValueError(f"this DCGAN runs at {max_res}² only (no growing), got resolution={resolution}")
+
 
 
 def _feature_resolutions(max_res: int) -> list[int]:
@@ -114,9 +120,10 @@ class DCGANGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
         self.latent_dim = cfg.latent_dim
+        self.num_labels = num_labels(cfg)
         self.max_res = check_max_res(max_res, _MIN_MAX_RES, "DCGAN")
         w = cfg.base_width
-        in_ch = cfg.latent_dim
+        in_ch = cfg.latent_dim + self.num_labels
         blocks = []
         for res in _feature_resolutions(max_res):
             out_ch = dcgan_channels(res, max_res, w)
@@ -130,11 +137,16 @@ class DCGANGenerator(nn.Module):
         """The fixed-shape layer stacks (see ProGANGenerator.regions)."""
         return [self.blocks, self.to_rgb]
 
-    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
-        """[N, latent_dim] -> images [N, 3, max_res, max_res] in [-1, 1]; `alpha` is unused."""
+    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, latent_dim] (and labels [N, A] when conditional) -> images [N, 3, max_res, max_res]
+        in [-1, 1]; `alpha` is unused."""
         _check_resolution(resolution, self.max_res)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected z of shape [N, {self.latent_dim}], got {list(z.shape)}")
+        check_labels(labels, self.num_labels, z.shape[0], "G")
+        if labels is not None:
+            z = torch.cat([z, labels.to(z.dtype)], dim=1)
         return self.to_rgb(self.blocks(z[:, :, None, None]))
 
 
@@ -146,9 +158,10 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
         self.latent_dim = cfg.latent_dim
+        self.num_labels = num_labels(cfg)
         self.max_res = check_max_res(max_res, _MIN_MAX_RES, "DCGAN")
         w = cfg.base_width
-        in_ch = 3
+        in_ch = 3 + self.num_labels
         blocks = []
         sn = cfg.d_spectral_norm
         for i, res in enumerate(reversed(_feature_resolutions(max_res))):
@@ -165,10 +178,16 @@ class DCGANDiscriminator(nn.Module):
         """The fixed-shape layer stacks (see ProGANGenerator.regions)."""
         return [self.blocks, self.score]
 
-    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
-        """[N, 3, max_res, max_res] -> raw scores [N]; `alpha` is unused."""
+    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 3, max_res, max_res] (and labels [N, A] when conditional) -> raw scores [N]; `alpha`
+        is unused."""
         _check_resolution(resolution, self.max_res)
         if img.ndim != 4 or tuple(img.shape[1:]) != (3, self.max_res, self.max_res):
             shape = f"[N, 3, {self.max_res}, {self.max_res}]"
             raise ValueError(f"expected images of shape {shape}, got {list(img.shape)}")
+        check_labels(labels, self.num_labels, img.shape[0], "D")
+        if labels is not None:
+            planes = labels.to(img.dtype)[:, :, None, None].expand(-1, -1, self.max_res, self.max_res)
+            img = torch.cat([img, planes], dim=1)
         return self.score(self.blocks(img))[:, 0, 0, 0]

@@ -8,6 +8,12 @@ state, checkpoints and EMA copies keep one fixed set of parameters for the whole
 At alpha == 1 the old to-RGB / from-RGB branch is not computed, and at alpha == 0 the new block is
 not computed: their parameters get no gradient, which a DDP wrapper must allow for (the trainer's
 business, not the model's).
+
+With `model.conditional` both take label vectors y [N, A] (one-hot class or 0/1 attributes,
+gan_hr/labels.py). G embeds y linearly to latent_dim, pixel-normalises the embedding as it does
+z, and concatenates the two; D adds a projection term to its score (Miyato & Koyama, ICLR 2018):
+the inner product of a linear embedding of y with D's final features, over sqrt(features) as
+StyleGAN2-ADA scales it, so it starts at the scale of the unconditional score.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from gan_hr.nn.layers import (
     pixel_norm,
     upsample2x,
 )
+from gan_hr.labels import check_labels, num_labels
 from gan_hr.nn.spectral import INIT_ITERATIONS, update_spectral_norms
 from gan_hr.resolutions import check_max_res, resolutions_between
 
@@ -95,25 +102,33 @@ class ProGANGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig, max_res: int) -> None:
         super().__init__()
         self.latent_dim = cfg.latent_dim
+        self.num_labels = num_labels(cfg)
         self.max_res = check_max_res(max_res, BASE_RES, "ProGAN")
         self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
-        blocks: dict[str, nn.Module] = {"b4": GInputBlock(cfg.latent_dim, ch(BASE_RES))}
+        # Conditional: the label embedding (latent_dim wide) joins z at the input.
+        inputs = cfg.latent_dim * (2 if self.num_labels else 1)
+        blocks: dict[str, nn.Module] = {"b4": GInputBlock(inputs, ch(BASE_RES))}
         for res in self.resolutions[1:]:
             blocks[f"b{res}"] = GBlock(res, ch(res // 2), ch(res))
         self.blocks = nn.ModuleDict(blocks)
+        self.embed = EqualLinear(self.num_labels, cfg.latent_dim, gain=1.0) if self.num_labels else None
 
     def regions(self) -> list[nn.Module]:
         """The resolution blocks: tensor in, tensor out, one shape per resolution (the units
         `gan_hr.training.compile` compiles; the fade-in between them stays in Python)."""
         return list(self.blocks.values())
 
-    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         resolution = check_resolution(resolution, self.max_res)
         alpha = check_alpha(alpha)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"G: expected z of shape [N, {self.latent_dim}], got {list(z.shape)}")
+        check_labels(labels, self.num_labels, z.shape[0], "G")
         x = pixel_norm(z)
+        if self.embed is not None:
+            x = torch.cat([x, pixel_norm(self.embed(labels.to(z.dtype)))], dim=1)
         for res in self.resolutions:
             if res == resolution:
                 break
@@ -162,7 +177,8 @@ class DOutputBlock(nn.Module):
 
     resolution = BASE_RES
 
-    def __init__(self, channels: int, mbstd_group_size: int, *, spectral_norm: bool = False) -> None:
+    def __init__(self, channels: int, mbstd_group_size: int, *, spectral_norm: bool = False,
+                 num_labels: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.from_rgb = FromRGB(channels, spectral_norm=spectral_norm)
@@ -172,14 +188,20 @@ class DOutputBlock(nn.Module):
         self.conv = ConvLayer(channels + extra, channels, 3, spectral_norm=spectral_norm)
         self.dense = EqualLinear(channels * BASE_RES * BASE_RES, channels, spectral_norm=spectral_norm)
         self.out = EqualLinear(channels, 1, gain=1.0, spectral_norm=spectral_norm)
+        # The projection discriminator's label embedding (conditional only).
+        self.embed = (EqualLinear(num_labels, channels, bias=False, gain=1.0, spectral_norm=spectral_norm)
+                      if num_labels else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         expect_shape(x, self.channels, BASE_RES, "D.b4 input")
         if self.mbstd is not None:
             x = self.mbstd(x)
         x = self.conv(x)
         x = F.leaky_relu(self.dense(x.flatten(1)), LRELU_SLOPE)
-        return self.out(x).squeeze(1)
+        score = self.out(x).squeeze(1)
+        if self.embed is None:
+            return score
+        return score + (self.embed(labels.to(x.dtype)) * x).sum(1) * self.channels**-0.5
 
 
 class ProGANDiscriminator(nn.Module):
@@ -194,7 +216,9 @@ class ProGANDiscriminator(nn.Module):
         self.resolutions = resolutions_between(BASE_RES, max_res)
         ch = functools.partial(num_channels, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
         sn = cfg.d_spectral_norm
-        blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size, spectral_norm=sn)}
+        self.num_labels = num_labels(cfg)
+        blocks: dict[str, nn.Module] = {"b4": DOutputBlock(ch(BASE_RES), cfg.mbstd_group_size, spectral_norm=sn,
+                                                           num_labels=self.num_labels)}
         for res in self.resolutions[1:]:
             blocks[f"b{res}"] = DBlock(res, ch(res), ch(res // 2), blur=blur, spectral_norm=sn)
         self.blocks = nn.ModuleDict(blocks)
@@ -204,14 +228,18 @@ class ProGANDiscriminator(nn.Module):
         """The resolution blocks (see ProGANGenerator.regions)."""
         return list(self.blocks.values())
 
-    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         resolution = check_resolution(resolution, self.max_res)
         alpha = check_alpha(alpha)
         if img.ndim != 4 or img.shape[1:] != (3, resolution, resolution):
             raise ValueError(f"D: expected images [N, 3, {resolution}, {resolution}], got {list(img.shape)}")
+        check_labels(labels, self.num_labels, img.shape[0], "D")
+        # Only the 4x4 output block takes labels (its projection term); None keeps its call as it was.
+        extra = (labels,) if labels is not None else ()
         top = self.blocks[f"b{resolution}"]
         if resolution == BASE_RES:
-            return top(top.from_rgb(img))
+            return top(top.from_rgb(img), *extra)
         if alpha == 0.0:
             x = self.blocks[f"b{resolution // 2}"].from_rgb(downsample2x(img))
         else:
@@ -221,5 +249,5 @@ class ProGANDiscriminator(nn.Module):
                 x = old + (x - old) * alpha
         for res in reversed(self.resolutions):
             if res < resolution:
-                x = self.blocks[f"b{res}"](x)
+                x = self.blocks[f"b{res}"](x, *(extra if res == BASE_RES else ()))
         return x

@@ -16,6 +16,14 @@ Choices this module makes (documented because callers depend on them):
 - `w_avg` is updated in every training-mode forward (as the official code does); an EMA copy of
   G must copy buffers from G (as the official `beta_nontrainable=0` does), since its own forward
   runs in eval mode.
+- Conditional (`model.conditional`): the mapping network embeds the label vector y [N, A]
+  (gan_hr/labels.py) linearly, pixel-normalises the embedding as it does z and concatenates the
+  two (StyleGAN2-ADA's conditional mapping); D is ProGAN's with its projection term. Truncation
+  pulls towards the sample's own class centre: `w_avg_class` [classes, w_dim] is a running mean
+  of w per class, updated like `w_avg` from the samples of that class in the batch (a class
+  absent from a batch keeps its value), and kept in checkpoints. Attributes have no classes to
+  track: the centre of a label vector is the mean w of `ATTRIBUTE_CENTRE_LATENTS` fixed latents
+  with that label, computed when truncating.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_hr.config import ModelConfig
+from gan_hr.labels import check_labels, num_labels
 from gan_hr.models.progan import ProGANDiscriminator
 from gan_hr.nn.equalized import EqualLinear
 from gan_hr.nn.layers import (
@@ -43,6 +52,8 @@ from gan_hr.resolutions import check_max_res, resolutions_between
 __all__ = ["MappingNetwork", "StyleGANDiscriminator", "StyleGANGenerator", "SynthesisBlock", "SynthesisNetwork"]
 
 _MIN_RES = 4
+# Latents (from a fixed seed) whose mean w is the truncation centre of an attribute vector.
+ATTRIBUTE_CENTRE_LATENTS = 256
 
 
 class MappingNetwork(nn.Module):
@@ -51,13 +62,17 @@ class MappingNetwork(nn.Module):
     `lr_mul` (0.01 in the paper) slows the mapping network's effective learning rate under Adam.
     """
 
-    def __init__(self, latent_dim: int, w_dim: int, num_layers: int, lr_mul: float) -> None:
+    def __init__(self, latent_dim: int, w_dim: int, num_layers: int, lr_mul: float, num_labels: int = 0) -> None:
         super().__init__()
-        dims = [latent_dim] + [w_dim] * num_layers
+        # Conditional: a latent_dim-wide label embedding joins z at the input.
+        dims = [latent_dim * (2 if num_labels else 1)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(EqualLinear(i, o, lr_mul=lr_mul) for i, o in zip(dims[:-1], dims[1:]))
+        self.embed = EqualLinear(num_labels, latent_dim, gain=1.0) if num_labels else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = pixel_norm(z)
+        if self.embed is not None:
+            x = torch.cat([x, pixel_norm(self.embed(labels.to(z.dtype)))], dim=1)
         for layer in self.layers:
             x = F.leaky_relu(layer(x), LRELU_SLOPE)
         return x
@@ -178,11 +193,18 @@ class StyleGANGenerator(nn.Module):
         self.style_mixing_prob = cfg.style_mixing_prob
         self.w_avg_beta = cfg.w_avg_beta
         self.truncation_cutoff = cfg.truncation_cutoff
-        self.mapping = MappingNetwork(cfg.latent_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mul)
+        self.num_labels = num_labels(cfg)
+        self.mapping = MappingNetwork(cfg.latent_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mul,
+                                      self.num_labels)
         self.synthesis = SynthesisNetwork(cfg, max_res)
         self.num_ws = self.synthesis.num_ws
         # Running mean of w for the truncation trick; a buffer so checkpoints and EMA copies keep it.
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+        # And per class, for conditional truncation towards the class's own centre.
+        classes = self.num_labels and cfg.label_kind == "class"
+        self.register_buffer("w_avg_class", torch.zeros(self.num_labels, cfg.w_dim) if classes else None)
+        if classes:
+            self.tracked_buffers = ("w_avg", "w_avg_class")
 
     def num_ws_at(self, resolution: int) -> int:
         return self.synthesis.num_ws_at(resolution)
@@ -193,14 +215,30 @@ class StyleGANGenerator(nn.Module):
         fade-in stay in Python)."""
         return [self.mapping, *self.synthesis.blocks.values()]
 
-    def truncate(self, ws: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
-        """w_avg + psi * (w - w_avg) on layers below `cutoff` (None: the model's; 0: all layers)."""
+    def truncate(self, ws: torch.Tensor, psi: float, cutoff: int | None = None,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        """centre + psi * (w - centre) on layers below `cutoff` (None: the model's; 0: all layers).
+        The centre is w_avg, or for a conditional model each sample's label's (`w_centre`)."""
         cutoff = self.truncation_cutoff if cutoff is None else cutoff
         if cutoff < 0:
             raise ValueError(f"truncation_cutoff must be 0 (all layers) or more, got {cutoff}")
         cutoff = ws.shape[1] if cutoff == 0 else min(cutoff, ws.shape[1])
-        head = self.w_avg + psi * (ws[:, :cutoff] - self.w_avg)
+        centre = self.w_avg if not self.num_labels else self.w_centre(labels)[:, None]
+        head = centre + psi * (ws[:, :cutoff] - centre)
         return torch.cat([head.to(ws.dtype), ws[:, cutoff:]], dim=1)
+
+    @torch.no_grad()
+    def w_centre(self, labels: torch.Tensor | None) -> torch.Tensor:
+        """The truncation centre [N, w_dim] of each sample of a conditional model: its class's
+        running mean of w, or for attributes the mean w of fixed latents with its label vector."""
+        check_labels(labels, self.num_labels, labels.shape[0] if labels is not None else 0, "G.truncate")
+        if self.w_avg_class is not None:
+            return self.w_avg_class[labels.argmax(dim=1)]
+        unique, index = torch.unique(labels, dim=0, return_inverse=True)
+        z = torch.randn(ATTRIBUTE_CENTRE_LATENTS, self.latent_dim, generator=torch.Generator().manual_seed(0))
+        z = z.to(labels.device)
+        centres = torch.stack([self.mapping(z, row.expand(len(z), -1)).mean(dim=0) for row in unique])
+        return centres[index]
 
     def forward(
         self,
@@ -211,20 +249,23 @@ class StyleGANGenerator(nn.Module):
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         noise_mode: str = "random",
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z: [N, latent_dim] -> images [N, 3, resolution, resolution]."""
+        """z: [N, latent_dim] (and labels [N, A] when conditional) -> images [N, 3, resolution, resolution]."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must be [N, {self.latent_dim}], got {list(z.shape)}")
+        check_labels(labels, self.num_labels, z.shape[0], "G")
         used = self.num_ws_at(resolution)
         # One coin per batch from the CPU generator: no device sync, as in the official code.
         mixing = self.training and self.style_mixing_prob > 0 and float(torch.rand(())) < self.style_mixing_prob
         if mixing:
             # Both latents through the mapping network in one batch.
-            w, w2 = self.mapping(torch.cat([z, torch.randn_like(z)])).chunk(2)
+            both = torch.cat([labels, labels]) if labels is not None else None
+            w, w2 = self.mapping(torch.cat([z, torch.randn_like(z)]), both).chunk(2)
         else:
-            w = self.mapping(z)
+            w = self.mapping(z, labels)
         if self.training:
-            self._update_w_avg(w)
+            self._update_w_avg(w, labels)
         if mixing:
             # Layers below the crossover take the first w, the rest the second.
             crossover = int(torch.randint(1, used, ()))
@@ -232,13 +273,20 @@ class StyleGANGenerator(nn.Module):
         else:
             ws = w[:, None].expand(-1, used, -1)
         if truncation_psi != 1.0:
-            ws = self.truncate(ws, truncation_psi, truncation_cutoff)
+            ws = self.truncate(ws, truncation_psi, truncation_cutoff, labels)
         return self.synthesis(ws, resolution, alpha, noise_mode)
 
     @torch.no_grad()
-    def _update_w_avg(self, w: torch.Tensor) -> None:
+    def _update_w_avg(self, w: torch.Tensor, labels: torch.Tensor | None) -> None:
         batch_mean = w.detach().mean(dim=0).to(self.w_avg.dtype)
         self.w_avg.copy_(batch_mean.lerp(self.w_avg, self.w_avg_beta))
+        if self.w_avg_class is None:
+            return
+        onehot = labels.detach().to(self.w_avg_class.dtype)
+        counts = onehot.sum(dim=0)[:, None]
+        means = (onehot.T @ w.detach().to(onehot.dtype)) / counts.clamp(min=1)
+        updated = means.lerp(self.w_avg_class, self.w_avg_beta)
+        self.w_avg_class.copy_(torch.where(counts > 0, updated, self.w_avg_class))
 
 
 class StyleGANDiscriminator(ProGANDiscriminator):

@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from gan_hr.config import Config
+from gan_hr.labels import num_labels
 from gan_hr.losses import discriminator_loss, generator_loss, vae_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.nn.spectral import update_spectral_norms
@@ -146,20 +147,23 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
                 autocast: Callable[[], AbstractContextManager]) -> None:
     """The work of a training step's D and G halves (Trainer.train_step), without applying it."""
     n, latent = real.shape[0], cfg.model.latent_dim
+    # Conditional: any labels of the right shape cost what the real ones do.
+    cond = {"labels": torch.eye(num_labels(cfg.model), device=real.device)[torch.arange(n) % num_labels(cfg.model)]
+            } if cfg.model.conditional else {}
 
     def score(x: torch.Tensor) -> torch.Tensor:
-        return D(x, res, 1.0)
+        return D(x, res, 1.0, **cond)
 
     update_spectral_norms(D)
     D.requires_grad_(True)
     with torch.no_grad(), autocast():
-        fake = G(torch.randn(n, latent, device=real.device), res, 1.0)
+        fake = G(torch.randn(n, latent, device=real.device), res, 1.0, **cond)
     with autocast():
         loss_d, _ = discriminator_loss(cfg.loss, score, real, fake.float())
     loss_d.backward()
     D.requires_grad_(False)  # as in training: the G step computes no gradient for D's weights
     with autocast():
-        loss_g, _ = generator_loss(cfg.loss, score(G(torch.randn(n, latent, device=real.device), res, 1.0)))
+        loss_g, _ = generator_loss(cfg.loss, score(G(torch.randn(n, latent, device=real.device), res, 1.0, **cond)))
     loss_g.backward()
     G.zero_grad(set_to_none=True)
     D.zero_grad(set_to_none=True)

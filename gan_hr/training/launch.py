@@ -21,6 +21,7 @@ from gan_hr.checkpoint import Checkpoint, CheckpointError, remove_partial, resol
 from gan_hr.config import Config, ConfigError, save_config
 from gan_hr.data import load_manifest, loader_workers
 from gan_hr.evaluation import SWD_MIN_RESOLUTION, Evaluator
+from gan_hr.labels import data_labels
 from gan_hr.metrics import MissingInceptionWeights
 from gan_hr.schedule import Schedule
 from gan_hr.training import report
@@ -117,7 +118,8 @@ def lock_run_dir(acc: Accelerator, run: RunDir) -> RunLock | None:
 
 
 def prepare_data(cfg: Config, acc: Accelerator) -> str:
-    """The data root: data.path, or the built-in synthetic set, prepared on first use."""
+    """The data root: data.path, or the built-in synthetic set, prepared on first use (with its
+    shape classes for a conditional model)."""
     out = cfg.data_root()
     if cfg.data.path is not None:
         return out
@@ -125,9 +127,30 @@ def prepare_data(cfg: Config, acc: Accelerator) -> str:
 
     if acc.is_local_main_process:
         prepare(f"synthetic:{cfg.data.synthetic_images}", out, max_res=cfg.schedule.max_res, seed=0,
-                shard_size=256, progress=True)
+                shard_size=256, progress=True, labels="shapes" if cfg.model.conditional else None)
     acc.wait_for_everyone()
     return out
+
+
+def resolve_labels(cfg: Config, data_root: str) -> None:
+    """A conditional run takes its label kind, names and frequencies from the data's manifest into
+    the config (so the checkpoints know them); ConfigError, one line, when the data has none or
+    the config's differ."""
+    if not cfg.model.conditional:
+        return
+    try:
+        labels = data_labels(load_manifest(data_root))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.conditional: cannot read the labels of {data_root}: {exc}".splitlines()[0]) from exc
+    if labels is None:
+        raise ConfigError(f"model.conditional: the data in {data_root} has no labels: prepare it with "
+                          "python -m data_prep --labels folders|shapes|FILE")
+    kind, names, frequencies = labels
+    m = cfg.model
+    for key, value in (("label_kind", kind), ("label_names", names)):
+        if getattr(m, key) not in (None, [], value):
+            raise ConfigError(f"model.{key}: {getattr(m, key)} differs from the data's {value} ({data_root})")
+    m.label_kind, m.label_names, m.label_frequencies = kind, names, frequencies
 
 
 def make_evaluator(cfg: Config, acc: Accelerator, data_root: str) -> Evaluator | None:
@@ -183,6 +206,8 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
     requested_precision = cfg.train.mixed_precision  # make_accelerator resolves `auto`
     acc = make_accelerator(cfg)
     run = choose_run_dir(acc, run_dir, name, resume)
+    data_root = prepare_data(cfg, acc)
+    resolve_labels(cfg, data_root)  # before any checkpoint's config is compared with this one
     init = None
     if init_from is not None:
         init = select_init(cfg, init_from, with_optimizers=init_optimizers)
@@ -191,7 +216,6 @@ def run_training(cfg: Config, *, run_dir: str | None, resume: str, name: str, in
             if acc.is_main_process:
                 warn(f"warm start at {res}x{res}: schedule.start_res {cfg.schedule.start_res} -> {res}")
             cfg.schedule.start_res = res
-    data_root = prepare_data(cfg, acc)
     evaluator = make_evaluator(cfg, acc, data_root)
 
     created = not run.root.exists()

@@ -42,7 +42,8 @@ from gan_hr.training.run_dir import MetricsLog, RunDir
 NETWORK_KEYS = (
     "model.name", "model.latent_dim", "model.channel_base", "model.channel_max", "model.mbstd_group_size",
     "model.w_dim", "model.mapping_layers", "model.mapping_lr_mul", "model.blur", "model.noise",
-    "model.base_width", "model.d_spectral_norm", "schedule.max_res",
+    "model.base_width", "model.d_spectral_norm", "model.conditional", "model.label_kind", "model.label_names",
+    "schedule.max_res",
 )
 # Keys that change how a run is driven or watched, not what it learns: changed silently (still
 # recorded in config-history/). Every other changed key is printed as a warning.

@@ -25,6 +25,7 @@ from gan_hr.checkpoint import Checkpoint, prune_checkpoints, write_checkpoint
 from gan_hr.config import Config
 from gan_hr.data import ShardStream, load_manifest, loader_workers, make_loader, resolution_shards, to_float
 from gan_hr.evaluation import Evaluator
+from gan_hr.labels import grid_labels, label_vectors, num_labels
 from gan_hr.losses import discriminator_loss, generator_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.nn.spectral import update_spectral_norms
@@ -130,6 +131,8 @@ class Trainer:
         # Fixed latents for sample grids, identical across runs and resumes.
         latents = torch.Generator().manual_seed(cfg.train.seed + 12345)
         self.sample_z = torch.randn(cfg.train.sample_grid, cfg.model.latent_dim, generator=latents)
+        # Conditional: the grid's labels (every class in turn), fixed like its latents.
+        self.sample_labels = grid_labels(cfg.train.sample_grid, cfg.model) if cfg.model.conditional else None
 
         self.state = TrainState(wandb_run_id=wandb_run_id)
         # What the last step trained: a phase-end checkpoint describes the phase just finished.
@@ -263,7 +266,7 @@ class Trainer:
                         loader = self._loader(phase)
                         batches = iter(loader)
                 before = self.state.images_seen
-                self.train_step(phase, self._next_batch(batches))
+                self.train_step(phase, *self._next_batch(batches))
                 self.steps_trained += 1
                 bar.set_postfix_str(self._bar_text(phase), refresh=False)
                 bar.update(self.state.step - bar.n if t.max_steps else self.state.images_seen - before)
@@ -316,19 +319,28 @@ class Trainer:
             start_batch=self.state.batches_in_phase,
             mirror=self.cfg.data.mirror,
             pin_memory=self.device.type == "cuda",
+            labels=self.cfg.model.conditional,
         )
 
     # ------------------------------------------------------------------ one step
 
-    def _next_batch(self, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+    def _next_batch(self, batches: Iterator[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next batch's images, and its labels when the model is conditional."""
         wait_start = time.perf_counter()
         batch = next(batches)
         self._data_wait += time.perf_counter() - wait_start
         self._corrupt += int(batch.get("skipped", 0))
-        return batch["image"]
+        return batch["image"], batch.get("label")
 
-    def train_step(self, phase: Phase, images: torch.Tensor) -> None:
-        """One training step on a uint8 batch [n, 3, R, R] of this rank's reals (`_update`), then EMA."""
+    def train_step(self, phase: Phase, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """One training step (`_update`: a D step and a G step for a GAN) on a uint8 batch [n, 3, R, R] of this rank's reals (with their
+        labels [n] or [n, A] when the model is conditional), then EMA.
+
+        Conditional: the fakes of both steps take the real batch's labels. They are the data's
+        label distribution as it is, attribute correlations included (drawing from the manifest's
+        counts would make attributes independent), D sees the same labels on both sides, and the
+        labels come with the data's position: resume stays exact and every rank uses its own share,
+        with no extra draw from the RNG that z comes from."""
         cfg = self.cfg
         res = self._res = phase.resolution
         alpha = self._alpha = phase.alpha(self.state.images_seen)
@@ -338,7 +350,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
         real = to_float(images.to(self.device, non_blocking=True))
-        ok, healthy, stop_avg, stats = self._update(real, res, alpha)
+        ok, healthy, stop_avg, stats = self._update(real, res, alpha, labels)
         average_buffers(self.G)
         average_buffers(self.D)
 
@@ -355,19 +367,23 @@ class Trainer:
         self._window_steps += 1
         self._window_images += global_batch
 
-    def _update(self, real: torch.Tensor, res: int, alpha: float
+    def _update(self, real: torch.Tensor, res: int, alpha: float, labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One D step and one G step on float reals. Returns device tensors: whether both were
         applied, whether both were healthy, the averaged stop flag; and the named statistics."""
         cfg = self.cfg
         n = real.shape[0]
+        y = None
+        if labels is not None:
+            y = label_vectors(labels, cfg.model.label_kind, num_labels(cfg.model)).to(self.device)
+        cond = {"labels": y} if y is not None else {}
 
         def D(x: torch.Tensor) -> torch.Tensor:
-            return self.D(x, res, alpha)
+            return self.D(x, res, alpha, **cond)
 
         def D_penalty(x: torch.Tensor) -> torch.Tensor:
             with eager():
-                return self.D(x, res, alpha)
+                return self.D(x, res, alpha, **cond)
 
         # Discriminator step. Spectral norm (if on) advances one power iteration here, once per
         # step, so every D forward of the step (the penalty's and the G step's too) uses the same
@@ -376,7 +392,7 @@ class Trainer:
         self.D.requires_grad_(True)
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with torch.no_grad(), self.acc.autocast():
-            fake = self.G(z, res, alpha)
+            fake = self.G(z, res, alpha, **cond)
         regularize = self.state.step % cfg.loss.r1_every == 0
         # The scale as a device tensor: get_scale() would read it on the host, a sync per step.
         grad_scale = self.scaler_D._get_scale_async() if self.scaler_D.is_enabled() else 1.0
@@ -390,7 +406,7 @@ class Trainer:
         self.D.requires_grad_(False)
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with self.acc.autocast():
-            loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha)))
+            loss_g, stats_g = generator_loss(cfg.loss, D(self.G(z, res, alpha, **cond)))
         g_ok, g_healthy, stop_avg = apply_gradients(loss_g, self.G, self.opt_G, self.scaler_G,
                                                     flags=self.guard.stop_flag())
         return d_ok & g_ok, d_healthy & g_healthy, stop_avg, {**stats_d, **stats_g}
@@ -475,6 +491,8 @@ class Trainer:
         path = self.run_dir.samples / f"step-{self.state.step:08d}-res{phase.resolution}.png"
         G = self.G_ema
         kwargs = {"noise_mode": "const"} if getattr(G, "supports_style", False) else {}
+        if self.sample_labels is not None:
+            kwargs["labels"] = self.sample_labels.to(self.device)
         with torch.no_grad():
             images = G(self.sample_z.to(self.device), phase.resolution, alpha, **kwargs)
         grid = save_grid(images.float().cpu(), path)

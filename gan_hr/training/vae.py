@@ -31,9 +31,10 @@ class VAETrainer(Trainer):
         self._both = nn.ModuleList([self.D, self.G])
         self._recon_reals: dict[int, torch.Tensor] = {}
 
-    def _update(self, real: torch.Tensor, res: int, alpha: float
+    def _update(self, real: torch.Tensor, res: int, alpha: float, labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One step of encoder and decoder on the negative beta-ELBO of the reals."""
+        """One step of encoder and decoder on the negative beta-ELBO of the reals (a VAE is never
+        conditional: config validation refuses it, so `labels` is always None)."""
         with self.acc.autocast():
             loss, stats = vae_loss(self.cfg.model.vae_beta, lambda x: self.D(x, res, alpha),
                                    lambda z: self.G(z, res, alpha), real)
