@@ -8,13 +8,13 @@ import itertools
 import json
 import shutil
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from data_helpers import tree_bytes, write_zip
 
 from data_prep import PrepError, prepare, verify
 from data_prep.cli import main
@@ -40,16 +40,6 @@ def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def _zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return path
-
-
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".data_prep.lock"}
 
 
 def _shard_members(out: Path, res: int) -> list[tuple[str, bytes]]:
@@ -121,9 +111,9 @@ def test_folder_classes_round_trip(tmp_path):
     assert verify(out, workers=1).ok
 
     # The same tree as a zip: the same shards.
-    zipped = prepare(str(_zip(tmp_path / "src.zip", FOLDERS)), tmp_path / "zout", labels="folders", **PREP)
+    zipped = prepare(str(write_zip(tmp_path / "src.zip", FOLDERS)), tmp_path / "zout", labels="folders", **PREP)
     assert zipped["labels"] == m["labels"] and zipped["skipped"] == m["skipped"]
-    a, b = _tree_bytes(out), _tree_bytes(tmp_path / "zout")
+    a, b = tree_bytes(out), tree_bytes(tmp_path / "zout")
     a.pop("manifest.json"), b.pop("manifest.json")
     assert a == b
 
@@ -137,7 +127,7 @@ def test_celebahq_attribute_file_round_trip(tmp_path, capsys):
     # CelebAMask-HQ's layout: CelebA-HQ-img/<n>.jpg in the zip, CelebAMask-HQ-attribute-anno.txt
     # keyed by "<n>.jpg": a count line, the attribute names, then "0.jpg  1 -1 ...".
     images = {f"CelebA-HQ-img/{i}.jpg": _png(10 + i) for i in range(6)}  # PNG bytes, .jpg names
-    src = _zip(tmp_path / "CelebAMask-HQ.zip", images)
+    src = write_zip(tmp_path / "CelebAMask-HQ.zip", images)
     rows = ["0.jpg  1 -1 1 1 -1", "1.jpg  -1 -1 -1 1 1", "2.jpg  1 1 1 1",  # 2: a field short
             "3.jpg  1 1 -1 1 1", "4.jpg  -1 -1 1 2 1",  # 4: a 2 among the chosen columns
             "7.jpg  1 1 1 1 1"]  # 5.jpg is not in the table; 7.jpg is not in the zip
@@ -262,7 +252,7 @@ def test_labelled_output_is_the_same_whatever_the_workers_and_after_an_interrupt
     args = dict(labels="shapes", max_res=16, shard_size=4, progress=False)
     prepare("synthetic:20", tmp_path / "one", workers=1, **args)
     prepare("synthetic:20", tmp_path / "two", workers=2, **args)
-    assert _tree_bytes(tmp_path / "one") == _tree_bytes(tmp_path / "two")
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
 
     commit, calls = ShardSetWriter.commit, []
 
@@ -278,7 +268,7 @@ def test_labelled_output_is_the_same_whatever_the_workers_and_after_an_interrupt
     monkeypatch.undo()
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     prepare("synthetic:20", tmp_path / "resumed", workers=1, **args)
-    assert _tree_bytes(tmp_path / "resumed") == _tree_bytes(tmp_path / "one")
+    assert tree_bytes(tmp_path / "resumed") == tree_bytes(tmp_path / "one")
     with pytest.raises(PrepError, match="labels"):  # the unlabelled set is another preparation
         prepare("synthetic:20", tmp_path / "one", workers=1, **{**args, "labels": None})
 

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import tarfile
 import time
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from data_helpers import tree_bytes, write_zip
 
 from data_prep import NoUsableImages, PrepError, prepare, verify
 from data_prep.cli import main
@@ -121,16 +121,6 @@ def _messy_files() -> dict[str, bytes]:
     return {**GOOD, **{k: v for k, (v, _) in BAD.items()}, **IGNORED}
 
 
-def _zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return path
-
-
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".data_prep.lock"}
 
 
 def _members(path: Path) -> list[tuple[str, np.ndarray]]:
@@ -243,20 +233,20 @@ def test_lower_resolutions_are_box_halvings(messy_out):
 
 def test_zip_of_the_same_folder_gives_identical_output(messy, messy_out, tmp_path):
     files = _messy_files()
-    src = _zip(tmp_path / "messy.zip", files)
+    src = write_zip(tmp_path / "messy.zip", files)
     out = tmp_path / "out"
     m = prepare(str(src), out, workers=1, **PREP)
     ref = json.loads((messy_out / "manifest.json").read_text())
     assert m["skipped"] == ref["skipped"]
     assert m["num_images"] == ref["num_images"]
-    a, b = _tree_bytes(out), _tree_bytes(messy_out)
+    a, b = tree_bytes(out), tree_bytes(messy_out)
     a.pop("manifest.json"), b.pop("manifest.json")
     assert a == b
 
 
 def test_zip_slip_member_writes_nothing_outside(tmp_path):
     good = _encode(_noise(20, 20, 5), "PNG")
-    src = _zip(tmp_path / "slip.zip", {"../../evil.png": good, "/abs/root.png": good,
+    src = write_zip(tmp_path / "slip.zip", {"../../evil.png": good, "/abs/root.png": good,
                                        "ok.png": good})
     before = {p for p in tmp_path.rglob("*")}
     out = tmp_path / "a" / "b" / "out"
@@ -300,7 +290,7 @@ def test_special_and_oversized_files_are_skipped_unread(tmp_path):
 
 def test_max_file_mb_bounds_zip_members(tmp_path):
     # Deflated, the 2 MB member takes a few kB in the zip: only its stated size gives it away.
-    src = _zip(tmp_path / "z.zip", {"a.png": GOOD["sub/deeper/2.png"],
+    src = write_zip(tmp_path / "z.zip", {"a.png": GOOD["sub/deeper/2.png"],
                                     "big.png": GOOD["good/gray.png"] + bytes(2 * MB)})
     m = prepare(str(src), tmp_path / "o1", workers=1, max_file_mb=1, **PREP)
     assert m["num_images"] == 1
@@ -336,7 +326,7 @@ def test_celebahq_layout_zip_large_jpegs(tmp_path):
     # The usual distribution: CelebA-HQ-img/<n>.jpg at 1024x1024, read in place from a zip.
     big = _noise(64, 64, 9).resize((1024, 1024), Image.Resampling.BICUBIC)
     names = ["CelebA-HQ-img/10.jpg", "CelebA-HQ-img/2.jpg", "CelebA-HQ-img/0.jpg"]
-    src = _zip(tmp_path / "CelebAMask-HQ.zip", {n: _encode(big, "JPEG", quality=95) for n in names})
+    src = write_zip(tmp_path / "CelebAMask-HQ.zip", {n: _encode(big, "JPEG", quality=95) for n in names})
     out = tmp_path / "out"
     prepare(str(src), out, max_res=32, progress=False, workers=1)
     got = _images(out, 32)
@@ -385,13 +375,13 @@ def test_unique_keys():
 
 def test_worker_count_does_not_change_a_byte(messy, messy_out, tmp_path):
     prepare(str(messy), tmp_path / "messy2", workers=2, **PREP)
-    assert _tree_bytes(tmp_path / "messy2") == _tree_bytes(messy_out)
+    assert tree_bytes(tmp_path / "messy2") == tree_bytes(messy_out)
     one = prepare("synthetic:30", tmp_path / "s1", max_res=16, shard_size=7, workers=1,
                   progress=False)
     two = prepare("synthetic:30", tmp_path / "s2", max_res=16, shard_size=7, workers=2,
                   progress=False)
     assert one == two
-    assert _tree_bytes(tmp_path / "s1") == _tree_bytes(tmp_path / "s2")
+    assert tree_bytes(tmp_path / "s1") == tree_bytes(tmp_path / "s2")
 
 
 def test_rerun_reuses_complete_output_and_rejects_other_settings(tmp_path):
@@ -435,7 +425,7 @@ def test_kill_9_mid_run_then_resume_is_byte_identical(tmp_path):
     assert first.stat().st_mtime_ns == stamp
     clean = tmp_path / "clean"
     assert main([*args, "--out", str(clean), "--workers", "2", "--no-progress"]) == 0
-    assert _tree_bytes(out) == _tree_bytes(clean)
+    assert tree_bytes(out) == tree_bytes(clean)
     assert not list(out.rglob("*.tmp"))
 
 
