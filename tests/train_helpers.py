@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # end (seconds per run; tests/test_report.py turns it on), so metrics.jsonl has one row per step.
 TINY = [
     "model.channel_base=128", "model.channel_max=16", "model.latent_dim=16", "model.w_dim=16",
-    "model.mapping_layers=2", "schedule.batch_size=8", "schedule.start_res=4", "schedule.lr=0.002",
+    "model.mapping_layers=2", "schedule.batch_size=8", "schedule.start_res=4", "schedule.lr=0.002", "loss.name=wgan_gp",
     "schedule.fade_kimg=0.064", "schedule.stable_kimg=0.064", "schedule.max_res=16", "data.num_workers=0", "train.log_every_steps=1",
     "train.sample_grid=4", "train.checkpoint_every_kimg=1000", "train.sample_every_kimg=1000",
     "train.final_swd=false",
