@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from gan_hr.config import Config
-from gan_hr.labels import num_labels
+from gan_hr.labels import grid_labels
 from gan_hr.losses import discriminator_loss, generator_loss, vae_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.nn.spectral import update_spectral_norms
@@ -148,13 +148,13 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     """The work of a training step's D and G halves (Trainer.train_step), without applying it."""
     n, latent = real.shape[0], cfg.model.latent_dim
     # Conditional: any labels of the right shape cost what the real ones do.
-    cond = {"labels": torch.eye(num_labels(cfg.model), device=real.device)[torch.arange(n) % num_labels(cfg.model)]
-            } if cfg.model.conditional else {}
+    cond = {"labels": grid_labels(n, cfg.model).to(real.device)} if cfg.model.conditional else {}
 
     def score(x: torch.Tensor) -> torch.Tensor:
         return D(x, res, 1.0, **cond)
 
-    update_spectral_norms(D)
+    if cfg.model.d_spectral_norm:
+        update_spectral_norms(D)
     D.requires_grad_(True)
     with torch.no_grad(), autocast():
         fake = G(torch.randn(n, latent, device=real.device), res, 1.0, **cond)

@@ -333,8 +333,9 @@ class Trainer:
         return batch["image"], batch.get("label")
 
     def train_step(self, phase: Phase, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """One training step (`_update`: a D step and a G step for a GAN) on a uint8 batch [n, 3, R, R] of this rank's reals (with their
-        labels [n] or [n, A] when the model is conditional), then EMA.
+        """One training step (`_update`: a D step and a G step for a GAN) on a uint8 batch
+        [n, 3, R, R] of this rank's reals (with their labels [n] or [n, A] when the model is
+        conditional), then EMA.
 
         Conditional: the fakes of both steps take the real batch's labels. They are the data's
         label distribution as it is, attribute correlations included (drawing from the manifest's
@@ -388,7 +389,8 @@ class Trainer:
         # Discriminator step. Spectral norm (if on) advances one power iteration here, once per
         # step, so every D forward of the step (the penalty's and the G step's too) uses the same
         # estimate; it is a function of D's weights, the same on every rank (gan_hr/nn/spectral.py).
-        update_spectral_norms(self.D)
+        if cfg.model.d_spectral_norm:
+            update_spectral_norms(self.D)
         self.D.requires_grad_(True)
         z = torch.randn(n, cfg.model.latent_dim, device=self.device)
         with torch.no_grad(), self.acc.autocast():
