@@ -344,48 +344,58 @@ class Evaluator:
 def per_class_swd(G: nn.Module, data_root: str, resolution: int, alpha: float = 1.0, *, num_images: int,
                   seed: int = 0, batch_size: int = 32, device: torch.device | str = "cpu",
                   style_kwargs: Mapping | None = None) -> dict[str, float]:
-    """SWD (x 1e3) of a class-conditional generator per class: the first `num_images` reals of
-    class k in the data's one-reader stream (with `seed`; all of them when the class has fewer)
-    against as many fakes of class k from seeds ``seed, seed + 1, ...``. Returns
-    ``swd_mean_<class name>`` and ``num_images_<class name>`` for every class; one process."""
+    """SWD (x 1e3) of a conditional generator per group of the data: per class, or per attribute
+    value (``Smiling=1``, ``Smiling=0``, ...) for multi-label data. A group's reals are its first
+    `num_images` in the data's one-reader stream (with `seed`; all of them when it has fewer), and
+    its fakes, from seeds ``seed, seed + 1, ...``, carry those reals' own labels: an attribute
+    group's other attributes follow the data, as the reals' do. Returns ``swd_mean_<group>`` and
+    ``num_images_<group>`` for every group; one process."""
     from gan_hr.metrics.swd import compute_swd
 
     manifest = load_manifest(data_root)
     labels = data_labels(manifest)
-    if labels is None or labels[0] != "class":
-        raise ValueError(f"--per-class needs a data set with class labels; {data_root} has "
-                         f"{'none' if labels is None else labels[0]}")
-    names = labels[1]
+    if labels is None:
+        raise ValueError(f"--per-class needs a data set with labels; {data_root} has none")
+    kind, names, _ = labels
     if getattr(G, "num_labels", 0) != len(names):
-        raise ValueError(f"--per-class needs a conditional generator with the data's {len(names)} classes")
+        raise ValueError(f"--per-class needs a conditional generator with the data's {len(names)} {kind}")
+    groups = names if kind == "class" else [f"{name}={v}" for name in names for v in (1, 0)]
+    reals: dict[str, list[Tensor]] = {g: [] for g in groups}
+    label_rows: dict[str, list[Tensor]] = {g: [] for g in groups}
     shards = resolution_shards(manifest, data_root, resolution)
-    reals: list[list[Tensor]] = [[] for _ in names]
     stream = ShardStream(shards, batch_size=1, resolution=resolution, seed=seed, slots=1, labels=True)
     for position, batch in enumerate(stream):  # one pass over the data at most
-        if position >= manifest["num_images"] or all(len(r) >= num_images for r in reals):
+        if position >= manifest["num_images"] or all(len(r) >= num_images for r in reals.values()):
             break
-        k = int(batch["label"][0])
-        if len(reals[k]) < num_images:
-            reals[k].append(batch["image"])
+        if kind == "class":
+            k = int(batch["label"][0])
+            row, members = torch.nn.functional.one_hot(torch.tensor(k), len(names)).float(), [names[k]]
+        else:
+            row = batch["label"][0].float()
+            members = [f"{name}={int(v)}" for name, v in zip(names, row.tolist())]
+        for g in members:
+            if len(reals[g]) < num_images:
+                reals[g].append(batch["image"])
+                label_rows[g].append(row)
     was_training = G.training
     G.eval()
     gen_device = next(G.parameters()).device
     result: dict[str, float] = {}
     try:
         with torch.random.fork_rng(devices=[gen_device] if gen_device.type == "cuda" else []):
-            for k, name in enumerate(names):
-                count = len(reals[k])
+            for g in groups:
+                count = len(reals[g])
                 if count < 2:
-                    raise ValueError(f"class {name!r} has {count} image(s) in {data_root}; SWD needs 2 or more")
+                    raise ValueError(f"{g!r} has {count} image(s) in {data_root}; SWD needs 2 or more")
                 fakes = []
                 for start in range(0, count, batch_size):
                     seeds = range(seed + start, seed + min(start + batch_size, count))
                     z = latents_from_seeds(seeds, G.latent_dim).to(gen_device)
-                    y = torch.nn.functional.one_hot(torch.full((len(seeds),), k), len(names)).float().to(gen_device)
+                    y = torch.stack(label_rows[g][start : start + len(seeds)]).to(gen_device)
                     fakes.append(to_uint8(G(z, resolution, alpha, labels=y, **(style_kwargs or {})).float().cpu()))
-                swd = compute_swd(torch.cat(reals[k]), torch.cat(fakes), seed=seed, device=device)
-                result[f"swd_mean_{name}"] = swd["swd_mean"]
-                result[f"num_images_{name}"] = count
+                swd = compute_swd(torch.cat(reals[g]), torch.cat(fakes), seed=seed, device=device)
+                result[f"swd_mean_{g}"] = swd["swd_mean"]
+                result[f"num_images_{g}"] = count
     finally:
         G.train(was_training)
     return result

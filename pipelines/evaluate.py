@@ -26,9 +26,10 @@ image statistics for FID/KID and the SWD floor are cached under --cache-dir (def
 <data>/.fid_cache).
 
 A conditional checkpoint's fake i takes a label drawn from the data's label frequencies with
-seed S + i. --per-class (class-conditional checkpoints) adds, per class, the SWD of that class's
-fakes against the first N reals of that class (fewer when the class has fewer): swd_mean_<class>
-and num_images_<class> in the JSON.
+seed S + i. --per-class (conditional checkpoints) adds the SWD of each class, or of each value of
+each attribute (Smiling=1, Smiling=0, ...): the first N reals of that group (fewer when it has
+fewer) against as many fakes given those reals' own labels: swd_mean_<group> and
+num_images_<group> in the JSON.
 
 --append-metrics also appends the record, with "metric_source": "evaluate", to the run's
 metrics.jsonl (the run directory holding checkpoints/<checkpoint>). Exit codes: 0 done, 2 bad
@@ -67,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--append-metrics", action="store_true", help="also append the record to the run's metrics.jsonl")
     p.add_argument("--per-class", action="store_true",
-                   help="class-conditional checkpoints: also the SWD of each class against the reals of that class")
+                   help="conditional checkpoints: also the SWD of each class, or each attribute value (Smiling=1, "
+                        "Smiling=0, ...), against the reals of that group")
     return p
 
 

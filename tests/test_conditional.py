@@ -135,6 +135,60 @@ def test_conditional_model_trains_and_generates_a_class(tmp_path, labelled_data,
 
 
 @pytest.mark.slow
+def test_per_class_swd_of_attribute_data_is_per_attribute_value(tmp_path):
+    """evaluate.py --per-class on multi-label data: one SWD per value of each attribute, each
+    group's fakes given the labels of that group's reals (the other attributes as in the data)."""
+    from data_prep import prepare
+
+    from gan_hr.evaluation import per_class_swd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / f"{i}.png")
+        rows.append(f"{i}.png {1 if i % 2 else -1} {1 if i % 3 == 0 else -1}")
+    table = tmp_path / "attributes.txt"
+    table.write_text(f"{len(rows)}\nSmiling Young\n" + "\n".join(rows) + "\n")
+    data = tmp_path / "data"
+    prepare(str(src), data, max_res=32, shard_size=64, workers=1, progress=False, labels=str(table))
+    sizes = {"Smiling=1": 12, "Smiling=0": 12, "Young=1": 8, "Young=0": 16}
+
+    class Recorder(torch.nn.Module):
+        num_labels, latent_dim = 2, 4
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+            self.calls: list[torch.Tensor] = []
+
+        def forward(self, z, res, alpha, labels):
+            self.calls.append(labels)
+            return torch.zeros(len(z), 3, res, res)
+
+    G = Recorder()
+    record = per_class_swd(G, str(data), 32, num_images=16, batch_size=64)
+    assert {k: v for k, v in record.items() if k.startswith("num_images_")} == {f"num_images_{g}": n
+                                                                               for g, n in sizes.items()}
+    smiling_1, smiling_0, young_1, young_0 = G.calls
+    assert (smiling_1[:, 0] == 1).all() and (smiling_0[:, 0] == 0).all()
+    assert (young_1[:, 1] == 1).all() and (young_0[:, 1] == 0).all()
+    # Young=1 are images 0, 3, ..., 21: half of them smile, as in the data; not all 0 or all 1.
+    assert young_1[:, 0].sum() == 4
+
+    run = tmp_path / "run"
+    train(run, data, *BASELINE, "model.conditional=true", "train.max_steps=2", script="train_baseline.py",
+          config="configs/cdcgan_shapes.yaml", tiny=False)
+    proc = subprocess.run([sys.executable, "pipelines/evaluate.py", "--checkpoint", str(run), "--num", "16",
+                           "--per-class"], cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout.splitlines()[-1])
+    for group, n in sizes.items():
+        assert record[f"swd_mean_{group}"] > 0 and record[f"num_images_{group}"] == n
+
+
+@pytest.mark.slow
 def test_conditional_on_unlabelled_data_is_one_line_and_writes_nothing(tmp_path, synthetic_data):
     run = tmp_path / "run"
     proc = train(run, synthetic_data, "model.conditional=true", "train.max_steps=2", check=False)
