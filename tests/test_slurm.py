@@ -326,13 +326,25 @@ def test_stylegan_job_trains_then_stops_on_term_without_requeue(slurm_cluster, s
             run_dir.parent.rmdir()  # runs/, if this test created it
 
 
-def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster, synthetic_dir, tmp_path):
+# ProGAN on two processes: the signal must pass the torchrun agent and reach both trainers. The
+# VAE through the same template, as the README says to run it (TRAIN_SCRIPT and CONFIG), at 32²,
+# without the final SWD (its metrics row would repeat the last step).
+PREEMPTED = {
+    "progan": ({"NPROC_PER_NODE": "2"}, []),
+    "vae": ({"NPROC_PER_NODE": "1", "TRAIN_SCRIPT": "pipelines/train_vae.py", "CONFIG": "configs/vae_shapes.yaml"},
+            ["schedule.start_res=32", "schedule.max_res=32", "model.base_width=8", "model.latent_dim=16",
+             "train.final_swd=false"]),
+}
+
+
+@pytest.mark.parametrize("model", list(PREEMPTED))
+def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster, synthetic_dir, tmp_path, model):
     run_dir = tmp_path / "run"
     max_steps = 120
-    overrides = [f"train.max_steps={max_steps}", f"data.synthetic_dir={synthetic_dir}", *TINY]
-    # Two processes: the signal must pass the torchrun agent and reach both trainers.
+    env, model_overrides = PREEMPTED[model]
+    overrides = [f"train.max_steps={max_steps}", f"data.synthetic_dir={synthetic_dir}", *TINY, *model_overrides]
     job = _submit(slurm_cluster, "progan.sh", tmp_path,
-                  {"RUN_DIR": str(run_dir), "OVERRIDES": " ".join(overrides), "NPROC_PER_NODE": "2"})
+                  {"RUN_DIR": str(run_dir), "OVERRIDES": " ".join(overrides), **env})
     log_path = tmp_path / f"progan-{job}.out"
 
     _wait_for_steps(slurm_cluster, job, run_dir, log_path, 2)
@@ -357,6 +369,7 @@ def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster, synthetic_di
     # Every step logged exactly once across the two runs, ending at max_steps.
     assert _metrics_steps(run_dir) == list(range(1, max_steps + 1))
     assert _checkpoint_steps(run_dir)[-1] == max_steps
+    assert f"model:\n  name: {model}" in (run_dir / "config.yaml").read_text()
 
 
 
