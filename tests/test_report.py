@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from train_helpers import checkpoints, metrics, train
 
-from gan_hr.config import Config, ModelConfig, ScheduleConfig
+from gan_hr.config import Config, LossConfig, ModelConfig, ScheduleConfig
 from gan_hr.evaluation import Evaluator
 from gan_hr.inference import load_generator
 from gan_hr.schedule import Schedule
@@ -108,6 +108,31 @@ def test_probe_times_every_resolution_and_leaves_the_rng_alone():
                           autocast=contextlib.nullcontext, repeats=1)
     assert set(speeds) == {4, 8} and all(s > 0 for s in speeds.values())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_probe_weighs_lazy_r1_steps_as_training_mixes_them(monkeypatch):
+    """loss.r1_every 4: one step in four pays for R1, so the probe's step time is (R1 + 3 plain) / 4.
+    A fake step advances a fake clock: 4 s with the penalty, 1 s without."""
+    from gan_hr.training import eta as eta_module
+
+    clock = [0.0]
+    asked = []
+
+    def fake_step(cfg, G, D, real, res, autocast, *, regularize):
+        asked.append(regularize)
+        clock[0] += 4.0 if regularize else 1.0
+
+    monkeypatch.setattr(eta_module, "_probe_step", fake_step)
+    monkeypatch.setattr(eta_module.time, "perf_counter", lambda: clock[0])
+    tiny = ModelConfig(name="progan", latent_dim=8, channel_base=64, channel_max=8)
+    for every, seconds in ((4, (4 + 3 * 1) / 4), (1, 4.0)):
+        cfg = Config(model=tiny, loss=LossConfig(name="logistic", r1_every=every),
+                     schedule=ScheduleConfig(start_res=4, max_res=4, batch_size=8))
+        asked.clear()
+        speeds = probe_speeds(cfg, Schedule(cfg.schedule), [4], device=torch.device("cpu"), world_size=1,
+                              autocast=contextlib.nullcontext, repeats=1)
+        assert speeds == {4: pytest.approx(8 / seconds)}
+        assert asked == ([True, True, False, False] if every == 4 else [True, True])
 
 
 # --------------------------------------------------------------------------- text

@@ -114,9 +114,11 @@ class Eta:
 def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, device: torch.device,
                  world_size: int, autocast: Callable[[], AbstractContextManager], repeats: int = 2,
                  ) -> dict[int, float]:
-    """Images/s of the whole run (all processes together) at each of `resolutions`: one D step
-    with its penalty and one G step, forward and backward, on fresh networks at the per-process
-    batch, timed `repeats` times after one warm-up (the fastest counts). No optimizer step, no
+    """Images/s of the whole run (all processes together) at each of `resolutions`: a D step and
+    a G step, forward and backward, on fresh networks at the per-process batch, timed `repeats`
+    times after one warm-up (the fastest counts). With lazy R1 (`loss.r1_every` k > 1) a step
+    with the penalty and one without are both timed and weighted 1 : k - 1, as training mixes
+    them: timing only the first overestimated the demo's run by a third. No optimizer step, no
     data, no collective: every process may call it alone."""
     cuda = [device] if device.type == "cuda" else []
     speeds: dict[int, float] = {}
@@ -129,14 +131,20 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
             global_batch = schedule.batch_size(res)
             n = global_batch // world_size
             real = torch.rand(n, 3, res, res, device=device) * 2 - 1
-            times = []
-            for _ in range(1 + repeats):
-                start = time.perf_counter()
-                step(cfg, G, D, real, res, autocast)
-                if cuda:
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - start)
-            speeds[res] = global_batch / min(times[1:])
+
+            def fastest(regularize: bool) -> float:
+                times = []
+                for _ in range(1 + repeats):
+                    start = time.perf_counter()
+                    step(cfg, G, D, real, res, autocast, regularize=regularize)
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    times.append(time.perf_counter() - start)
+                return min(times[1:])
+
+            every = cfg.loss.r1_every
+            seconds = fastest(True) if every == 1 else (fastest(True) + (every - 1) * fastest(False)) / every
+            speeds[res] = global_batch / seconds
         del G, D
     if cuda:
         torch.cuda.empty_cache()
@@ -144,7 +152,7 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
 
 
 def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
-                autocast: Callable[[], AbstractContextManager]) -> None:
+                autocast: Callable[[], AbstractContextManager], *, regularize: bool) -> None:
     """The work of a training step's D and G halves (Trainer.train_step), without applying it."""
     n, latent = real.shape[0], cfg.model.latent_dim
     # Conditional: any labels of the right shape cost what the real ones do.
@@ -159,7 +167,7 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     with torch.no_grad(), autocast():
         fake = G(torch.randn(n, latent, device=real.device), res, 1.0, **cond)
     with autocast():
-        loss_d, _ = discriminator_loss(cfg.loss, score, real, fake.float())
+        loss_d, _ = discriminator_loss(cfg.loss, score, real, fake.float(), regularize=regularize)
     loss_d.backward()
     D.requires_grad_(False)  # as in training: the G step computes no gradient for D's weights
     with autocast():
@@ -170,8 +178,9 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
 
 
 def _probe_vae_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
-                    autocast: Callable[[], AbstractContextManager]) -> None:
-    """The work of a VAE's step (gan_hr.training.vae): D encodes, G decodes, one backward."""
+                    autocast: Callable[[], AbstractContextManager], *, regularize: bool) -> None:
+    """The work of a VAE's step (gan_hr.training.vae): D encodes, G decodes, one backward; it has
+    no penalty, so `regularize` changes nothing."""
     with autocast():
         loss, _ = vae_loss(cfg.model.vae_beta, lambda x: D(x, res, 1.0), lambda z: G(z, res, 1.0), real)
     loss.backward()
