@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from learning import ROOT, cpu_description, evaluate
+from learning import ROOT, cpu_description, evaluate, new_run_dir
 
 # model -> (pipeline, config, overrides): each demo config, all at 32², the built-in set's size.
 MODELS: dict[str, tuple[str, str, list[str]]] = {
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_description()
     rows = []
     for model in args.models:
-        run = runs / f"{model}-seed{args.seed}".replace("+", "-")
-        if run.exists():
-            raise SystemExit(f"error: {run} exists; remove it or pass another --runs")
+        run = new_run_dir(runs, f"{model}-seed{args.seed}")
         spent = train_for(run, model, args.seed, args.threads, args.seconds, args.overrides)
         record = evaluate(run, args.threads)
         rows.append({"model": model, "seed": args.seed, "kimg": kimg_trained(run), **spent,

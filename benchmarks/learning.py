@@ -65,6 +65,14 @@ def train(run: Path, config: str | None, model: str, seed: int, threads: int, ov
     return time.perf_counter() - start
 
 
+def new_run_dir(runs: Path, name: str) -> Path:
+    """runs/name for a new run: one that exists would be resumed or refused by the trainer."""
+    run = runs / name.replace(" ", "_").replace("+", "-")
+    if run.exists():
+        raise SystemExit(f"error: {run} exists; remove it or pass another --runs (or --label)")
+    return run
+
+
 def evaluate(run: Path, threads: int) -> dict[str, Any]:
     """pipelines/evaluate.py's SWD record of the run's final checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -124,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         for seed in args.seeds:
-            run = runs / f"{args.label}-{model}-seed{seed}".replace(" ", "_")
-            if run.exists():
-                raise SystemExit(f"error: {run} exists; remove it or pass another --runs or --label")
+            run = new_run_dir(runs, f"{args.label}-{model}-seed{seed}")
             wall = train(run, args.config, model, seed, args.threads, args.overrides)
             record = evaluate(run, args.threads)
             rates, seconds = speed_by_resolution(run)
