@@ -3,15 +3,15 @@ DCGAN + spectral norm, the VAE, ProGAN and StyleGAN at 32² from their demo conf
 same CPU time, and scores the final generator with pipelines/evaluate.py (SWD against the
 real-vs-real floor of the same data).
 
-    python benchmarks/equal_time.py [--seconds 300] [--threads 1] [--models dcgan vae ...]
+    python benchmarks/equal_time.py [--seconds 300] [--threads 1] [--parallel 2] [--models dcgan vae ...]
         [--seed 0] [--runs DIR] [--json FILE] [key=value ...]
 
-Each run is the real `accelerate launch` of its pipeline, with a total_kimg it will not reach. Its
-clock starts when the trainer prints its header (data prepared, networks built, ETA probed) and
-counts the CPU seconds of the trainer and its loader workers, so two of these sharing a machine
-still give each run the same compute. At the budget the run gets SIGUSR1, the preemption signal:
-it checkpoints and exits, and that checkpoint is what is scored. key=value overrides go to every
-run after its own (e.g. data.path=DIR). It prints a Markdown table and
+Each run is the real `accelerate launch` of its pipeline, with a total_kimg it will not reach.
+Its clock starts when the trainer prints its header (data prepared, networks built, ETA probed)
+and counts the CPU seconds of the trainer and its loader workers, so runs sharing a machine
+(`--parallel`) still get the same compute each. At the budget the run gets SIGUSR1, the
+preemption signal: it checkpoints and exits, and that checkpoint is what is scored. key=value
+overrides go to every run after its own (e.g. data.path=DIR). It prints a Markdown table and
 writes JSON (default benchmarks/out/equal_time.json).
 """
 
@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=300, help="CPU seconds of training per model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (threads x parallel should not exceed the cores)")
     p.add_argument("--runs", default="benchmarks/out/equal-time-runs", help="where the run directories go")
     p.add_argument("--json", default="benchmarks/out/equal_time.json")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -118,17 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     cpu = cpu_description()
-    rows = []
-    for model in args.models:
-        run = new_run_dir(runs, f"{model}-seed{args.seed}")
+    planned = {model: new_run_dir(runs, f"{model}-seed{args.seed}") for model in args.models}
+
+    def measure(model: str) -> dict[str, Any]:
+        run = planned[model]
         spent = train_for(run, model, args.seed, args.threads, args.seconds, args.overrides)
         record = evaluate(run, args.threads)
-        rows.append({"model": model, "seed": args.seed, "kimg": kimg_trained(run), **spent,
-                     "ratio": record["swd_mean"] / record["swd_floor_mean"],
-                     **{k: v for k, v in record.items() if k.startswith("swd")}, "run": str(run)})
-        r = rows[-1]
+        r = {"model": model, "seed": args.seed, "kimg": kimg_trained(run), **spent,
+             "ratio": record["swd_mean"] / record["swd_floor_mean"],
+             **{k: v for k, v in record.items() if k.startswith("swd")}, "run": str(run)}
         print(f"{model}: {r['kimg']:.1f} kimg in {r['cpu_s']:.0f} CPU s ({r['wall_s']:.0f} s wall), "
               f"SWD {r['swd_mean']:.1f} / floor {r['swd_floor_mean']:.1f} = {r['ratio']:.2f}x", flush=True)
+        return r
+
+    # Runs at once share the cores; each still gets its CPU seconds (threads x parallel <= cores).
+    with ThreadPoolExecutor(args.parallel) as pool:
+        rows = list(pool.map(measure, args.models))
     print(table(rows, args.seconds, args.threads, cpu))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -175,22 +175,23 @@ def test_learning_trains_scores_and_tabulates(tmp_path, synthetic_data):
 
 
 def test_equal_time_stops_each_run_at_its_budget_and_scores_its_checkpoint(tmp_path, synthetic_data):
-    """benchmarks/equal_time.py: the real launch, stopped by SIGUSR1 once it has trained the CPU
-    seconds asked for; the checkpoint the signal wrote is the one scored."""
+    """benchmarks/equal_time.py: the real launches, two at once, each stopped by SIGUSR1 once it
+    has trained the CPU seconds asked for; the checkpoint the signal wrote is the one scored."""
     out = tmp_path / "equal_time.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "equal_time.py"), "--models", "vae", "--seconds", "3",
-           "--runs", str(tmp_path / "runs"), "--json", str(out), f"data.path={synthetic_data}",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "equal_time.py"), "--models", "vae", "dcgan", "--seconds", "3",
+           "--parallel", "2", "--runs", str(tmp_path / "runs"), "--json", str(out), f"data.path={synthetic_data}",
            "train.metrics_num_images=32", "train.checkpoint_every_kimg=1000"]
     proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    assert "| vae |" in proc.stdout
+    assert "| vae |" in proc.stdout and "| dcgan |" in proc.stdout
 
-    [row] = json.loads(out.read_text())["results"]
-    assert row["model"] == "vae" and row["cpu_s"] >= 3 and row["kimg"] > 0
-    assert row["ratio"] == pytest.approx(row["swd_mean"] / row["swd_floor_mean"])
-    run = tmp_path / "runs" / "vae-seed0"
-    log = (tmp_path / "runs" / "vae-seed0.log").read_text()
-    assert "stopped (signal SIGUSR1)" in log
-    # checkpoint_every_kimg is never reached: the only checkpoint is the one the stop wrote.
-    [ckpt] = (run / "checkpoints").iterdir()
-    assert int(ckpt.name.split("-")[1]) * 32 == round(row["kimg"] * 1000)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in rows] == ["vae", "dcgan"]
+    for row in rows:
+        assert row["cpu_s"] >= 3 and row["kimg"] > 0
+        assert row["ratio"] == pytest.approx(row["swd_mean"] / row["swd_floor_mean"])
+        run = tmp_path / "runs" / f"{row['model']}-seed0"
+        assert "stopped (signal SIGUSR1)" in (tmp_path / "runs" / f"{run.name}.log").read_text()
+        # checkpoint_every_kimg is never reached: the only checkpoint is the one the stop wrote.
+        [ckpt] = (run / "checkpoints").iterdir()
+        assert int(ckpt.name.split("-")[1]) * 32 == round(row["kimg"] * 1000)
