@@ -195,3 +195,27 @@ def test_equal_time_stops_each_run_at_its_budget_and_scores_its_checkpoint(tmp_p
         # checkpoint_every_kimg is never reached: the only checkpoint is the one the stop wrote.
         [ckpt] = (run / "checkpoints").iterdir()
         assert int(ckpt.name.split("-")[1]) * 32 == round(row["kimg"] * 1000)
+
+
+def test_class_accuracy_scores_each_run_per_class(tmp_path, labelled_data):
+    """benchmarks/class_accuracy.py: a CNN trained on the labelled reals, then each conditional
+    run's fakes of each class scored by it; a table row and a JSON record per run."""
+    from train_helpers import train
+
+    run = tmp_path / "run"
+    train(run, labelled_data, "model.conditional=true", "train.max_steps=2", "schedule.start_res=32",
+          "schedule.max_res=32")
+    out = tmp_path / "class_accuracy.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "class_accuracy.py"), "--data", str(labelled_data), str(run),
+           "--num", "30", "--epochs", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    assert "| disc | square | triangle |" in proc.stdout and f"| {run} |" in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["chance"] == pytest.approx(1 / 3) and result["held_out"] == 64
+    assert 0 <= result["real_accuracy"] <= 1
+    [row] = result["results"]
+    assert list(row["per_class"]) == ["disc", "square", "triangle"]
+    assert all(0 <= v <= 1 for v in row["per_class"].values())
+    assert row["accuracy"] == pytest.approx(sum(row["per_class"].values()) / 3)
