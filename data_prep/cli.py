@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip input files and zip members larger than this many MB (2**20 "
                         "bytes); reading stops there whatever size a file claims "
                         f"(default {DEFAULT_MAX_FILE_MB})")
-    p.add_argument("--labels", metavar="folders|shapes|FILE",
+    p.add_argument("--labels", metavar="folders|shapes|backgrounds|FILE",
                    help="store a label with every image: 'folders' (class = first folder below "
-                        "--src), 'shapes' (synthetic:N: kind of the first shape), or a table FILE "
+                        "--src), 'shapes' or 'backgrounds' (synthetic:N: the kind of the first "
+                        "shape, or the background's colours), or a table FILE "
                         "keyed by file name (CSV with a header, or whitespace-separated like "
                         "CelebA's attribute file); images without a label are skipped")
     p.add_argument("--label-columns", metavar="A,B,...",

@@ -3,6 +3,7 @@
 * ``folders``: the class is the first path component below SRC (a folder or a zip), classes in
   sorted order as torchvision's ImageFolder numbers them; an image at the top level has none.
 * ``shapes`` (synthetic:N only): the kind of the first shape drawn (`synthetic_class`).
+* ``backgrounds`` (synthetic:N only): the gradient's colours (`synthetic_background`).
 * a table FILE keyed by file name: a CSV (``file,col1,col2``; commas on the first line), or a
   whitespace-separated table, CelebA's attribute files included (``30000`` / the 40 attribute
   names / ``0.jpg  1 -1 ...``). A header with one name fewer than the rows' fields names the
@@ -27,9 +28,11 @@ from pathlib import Path
 from data_prep.errors import PrepError
 from data_prep.files import FileTooLarge, NotRegularFile, open_regular, read_at_most
 from data_prep.sources import SYNTHETIC_PREFIX, SourceSet
-from data_prep.synthetic import SHAPES, synthetic_class
+from data_prep.synthetic import BACKGROUNDS, SHAPES, synthetic_background, synthetic_class
 
 _ATTRIBUTE_VALUES = {"1": 1, "-1": 0, "0": 0}
+# The built-in set's own classes: --labels NAME -> (class names, class of image index for seed).
+SYNTHETIC_LABELS = {"shapes": (SHAPES, synthetic_class), "backgrounds": (BACKGROUNDS, synthetic_background)}
 
 
 @dataclass(frozen=True)
@@ -52,17 +55,18 @@ def attach_labels(sources: SourceSet, src: str, labels: str, columns: list[str] 
                   *, seed: int, max_bytes: int) -> tuple[SourceSet, LabelPlan]:
     """The sources with each item's label (or the reason it has none) set, and the plan."""
     synthetic = src.startswith(SYNTHETIC_PREFIX)
-    if columns is not None and labels in ("folders", "shapes"):
+    if columns is not None and labels in ("folders", *SYNTHETIC_LABELS):
         raise PrepError(f"--label-columns: only for --labels FILE, not --labels {labels}")
-    if labels == "shapes":
+    if labels in SYNTHETIC_LABELS:
         if not synthetic:
-            raise PrepError(f"--labels shapes: only for synthetic:N (--src is {src})")
-        items = [replace(it, label=synthetic_class(it.index, seed)) for it in sources.items]
+            raise PrepError(f"--labels {labels}: only for synthetic:N (--src is {src})")
+        names, label_of = SYNTHETIC_LABELS[labels]
+        items = [replace(it, label=label_of(it.index, seed)) for it in sources.items]
         return (SourceSet(items, sources.fingerprint),
-                LabelPlan("class", list(SHAPES), "shapes", {"from": "shapes"}))
+                LabelPlan("class", list(names), labels, {"from": labels}))
     if synthetic:
         raise PrepError(f"--labels {labels}: synthetic:N has no folders or file names; "
-                        "use --labels shapes")
+                        "use --labels shapes or backgrounds")
     if labels == "folders":
         return _from_folders(sources, src)
     return _from_table(sources, Path(labels), columns, max_bytes)

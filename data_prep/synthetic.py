@@ -20,12 +20,13 @@ from PIL import Image, ImageDraw
 SYNTHETIC_VERSION = 1
 SUPERSAMPLE = 4
 
-_BACKGROUNDS = (  # (start colour, end colour) of the gradient
-    ((16, 28, 60), (70, 120, 180)),  # night blue
-    ((235, 225, 205), (165, 145, 115)),  # sand
-    ((20, 66, 48), (125, 185, 120)),  # green
-    ((92, 28, 64), (225, 125, 90)),  # sunset
+_BACKGROUNDS = (  # (start colour, end colour) of the gradient, in BACKGROUNDS' order
+    ((16, 28, 60), (70, 120, 180)),
+    ((235, 225, 205), (165, 145, 115)),
+    ((20, 66, 48), (125, 185, 120)),
+    ((92, 28, 64), (225, 125, 90)),
 )
+BACKGROUNDS = ("night_blue", "sand", "green", "sunset")  # class indices of --labels backgrounds
 _SHAPE_COLOURS = (
     (225, 50, 45),  # red
     (250, 200, 35),  # yellow
@@ -70,12 +71,13 @@ class Scene:
     end: np.ndarray
     angle: float  # gradient direction, radians
     shapes: list[Shape]  # in drawing order: a later shape covers an earlier one
+    background: int  # index in BACKGROUNDS of the gradient's colours before jitter
 
 
 def synthetic_scene(index: int, seed: int) -> Scene:
     """What image `index` of the set for `seed` shows (the draws `render_synthetic` paints)."""
     rng = _rng(index, seed)
-    start, end = rng.choice(_BACKGROUNDS)
+    start, end = background = rng.choice(_BACKGROUNDS)
     c0, c1 = _jitter(rng, start, 12), _jitter(rng, end, 12)
     angle = math.radians(rng.choice(_GRADIENT_ANGLES) + rng.uniform(-10, 10))
     shapes = []
@@ -84,7 +86,7 @@ def synthetic_scene(index: int, seed: int) -> Scene:
         colour = _jitter(rng, rng.choice(_SHAPE_COLOURS), 15)
         x, y = ax + rng.uniform(-0.05, 0.05), ay + rng.uniform(-0.05, 0.05)
         shapes.append(Shape(kind, colour, x, y, rng.uniform(0.13, 0.22), rng.uniform(0, 2 * math.pi)))
-    return Scene(c0, c1, angle, shapes)
+    return Scene(c0, c1, angle, shapes, _BACKGROUNDS.index(background))
 
 
 def synthetic_class(index: int, seed: int) -> int:
@@ -93,6 +95,12 @@ def synthetic_class(index: int, seed: int) -> int:
     0.14 of the side away or more after jitter, and with a circumradius of at most 0.22 it cannot
     cover a shape of circumradius 0.13 or more there (a vertex or the rim stays out)."""
     return SHAPES.index(synthetic_scene(index, seed).shapes[0].kind)
+
+
+def synthetic_background(index: int, seed: int) -> int:
+    """The class of image `index` with ``--labels backgrounds``: the index in `BACKGROUNDS` of
+    its gradient. Unlike the shapes, a short run on a CPU learns these classes."""
+    return synthetic_scene(index, seed).background
 
 
 def _background(scene: Scene, res: int) -> np.ndarray:

@@ -31,10 +31,12 @@ class ConfigError(ValueError):
 class DataConfig:
     # A data_prep output directory (holds manifest.json); None trains on the built-in set.
     path: str | None = None
-    # Built-in synthetic set: how many images, and where it is prepared on first use. With
-    # model.conditional it is prepared with its shape classes (data_prep --labels shapes).
+    # Built-in synthetic set: how many images, and where it is prepared on first use.
     synthetic_images: int = 2048
     synthetic_dir: str = "data/synthetic"
+    # Its classes, for model.conditional (data_prep --labels): "shapes", the kind of the first
+    # shape, or "backgrounds", the gradient's colours, which a CPU run learns in minutes.
+    synthetic_labels: str = "shapes"
     # Random horizontal flips, as in the ProGAN/StyleGAN CelebA-HQ runs.
     mirror: bool = True
     # Loader worker processes per training process (0 reads in the training process; else a
@@ -171,12 +173,13 @@ class Config:
             return self.data.path
         name = f"synthetic-{self.data.synthetic_images}-{self.schedule.max_res}"
         if self.model.conditional:
-            name += "-shapes"  # the same images, with their shape classes
+            name += f"-{self.data.synthetic_labels}"  # the same images, with those classes
         # os.path.join, not Path: Path drops a leading ./, which turns './pipe:x' into a command.
         return os.path.join(self.data.synthetic_dir, name)
 
 
 MODEL_NAMES = ("progan", "stylegan", "dcgan", "vae")
+SYNTHETIC_LABELS = ("shapes", "backgrounds")  # data_prep --labels kinds of the built-in set
 # Models that train at one resolution (no growing), on DCGAN's networks.
 SINGLE_RES_MODELS = ("dcgan", "vae")
 LOSS_NAMES = ("wgan_gp", "logistic", "lsgan")
@@ -356,6 +359,8 @@ def validate(cfg: Config) -> None:
     d, m, lo, s, t, tr = cfg.data, cfg.model, cfg.loss, cfg.schedule, cfg.train, cfg.tracking
 
     _check(d.synthetic_images > 0, "data.synthetic_images", "must be positive")
+    _check(d.synthetic_labels in SYNTHETIC_LABELS, "data.synthetic_labels",
+           f"must be one of {', '.join(SYNTHETIC_LABELS)}")
     _check(d.num_workers == "auto" or isinstance(d.num_workers, int) and d.num_workers in WORKER_COUNTS,
            "data.num_workers", f"must be auto or one of {', '.join(map(str, WORKER_COUNTS))} (a divisor of the "
            f"data stream's 16 slots per process), got {d.num_workers!r}")
@@ -452,7 +457,7 @@ def _validate_data_path(path: str, start_res: int, max_res: int, *, conditional:
     except ManifestError as exc:
         raise ConfigError(f"data.path: {manifest} {exc}".splitlines()[0]) from exc
     _check(not conditional or "labels" in parsed, "model.conditional",
-           f"the data in {path} has no labels: prepare it with python -m data_prep --labels folders|shapes|FILE")
+           f"the data in {path} has no labels: prepare it with python -m data_prep --labels folders|shapes|backgrounds|FILE")
     _check(any(counts.values()), "data.path",
            f"{manifest} lists no shards: the data set holds no images (see its \"skipped\")")
     _check(max_res <= max(counts), "schedule.max_res",

@@ -54,6 +54,7 @@ def test_parse_override_requires_equals():
     ("train.max_steps=1.5", "train.max_steps", "expected an integer"),
     ("schedule.lr=fast", "schedule.lr", "expected a number"),
     ("data.mirror=3", "data.mirror", "expected true or false"),
+    ("data.synthetic_labels=colours", "data.synthetic_labels", "must be one of shapes, backgrounds"),
     ("schedule.max_res=48", "schedule.max_res", "power of two"),
     ("schedule.start_res=64", "schedule.start_res", "must not exceed"),
     ("schedule.batch_size=0", "schedule.batch_size", "must be positive"),

@@ -19,7 +19,7 @@ from data_helpers import tree_bytes, write_zip
 from data_prep import PrepError, prepare, verify
 from data_prep.cli import main
 from data_prep.shards import ShardSetWriter
-from data_prep.synthetic import SHAPES, render_synthetic
+from data_prep.synthetic import _BACKGROUNDS, SHAPES, render_synthetic, synthetic_scene
 from gan_hr.data import ShardStream, load_manifest, make_loader, resolution_shards
 from gan_hr.manifest import manifest_problems
 
@@ -246,6 +246,21 @@ def test_synthetic_shapes_labels_match_the_shapes_drawn(tmp_path, monkeypatch):
     assert _shard_members(tmp_path / "plain", 16) == _shard_members(out, 16)[0::2]
     with pytest.raises(ValueError, match="no labels"):
         _epoch(tmp_path / "plain", 8, labels=True)
+
+
+def test_synthetic_backgrounds_labels_match_the_gradient_drawn(tmp_path):
+    """--labels backgrounds: each image's class is its gradient's, read back from its pixels (the
+    drawn start colour is within the jitter of the class's own)."""
+    out = tmp_path / "backgrounds"
+    m = prepare("synthetic:32", out, labels="backgrounds", seed=3, **PREP)
+    assert m["labels"]["names"] == ["night_blue", "sand", "green", "sunset"]
+    assert m["labels"]["source"] == "backgrounds" and sum(m["labels"]["counts"]) == 32
+    labels = {k: int(v) for k, v in _label_members(out, 16).items()}
+    for i in range(32):
+        start = synthetic_scene(i, 3).start
+        assert np.abs(start - np.array(_BACKGROUNDS[labels[f"synth-{i:06d}"]][0])).max() <= 12.5
+    assert len(set(labels.values())) == 4
+    assert _streamed_labels(out, 8) == labels
 
 
 def test_labelled_output_is_the_same_whatever_the_workers_and_after_an_interruption(tmp_path, monkeypatch):

@@ -118,8 +118,8 @@ def lock_run_dir(acc: Accelerator, run: RunDir) -> RunLock | None:
 
 
 def prepare_data(cfg: Config, acc: Accelerator) -> str:
-    """The data root: data.path, or the built-in synthetic set, prepared on first use (with its
-    shape classes for a conditional model)."""
+    """The data root: data.path, or the built-in synthetic set, prepared on first use (with the
+    classes data.synthetic_labels names for a conditional model)."""
     out = cfg.data_root()
     if cfg.data.path is not None:
         return out
@@ -127,7 +127,7 @@ def prepare_data(cfg: Config, acc: Accelerator) -> str:
 
     if acc.is_local_main_process:
         prepare(f"synthetic:{cfg.data.synthetic_images}", out, max_res=cfg.schedule.max_res, seed=0,
-                shard_size=256, progress=True, labels="shapes" if cfg.model.conditional else None)
+                shard_size=256, progress=True, labels=cfg.data.synthetic_labels if cfg.model.conditional else None)
     acc.wait_for_everyone()
     return out
 
@@ -144,7 +144,7 @@ def resolve_labels(cfg: Config, data_root: str) -> None:
         raise ConfigError(f"model.conditional: cannot read the labels of {data_root}: {exc}".splitlines()[0]) from exc
     if labels is None:
         raise ConfigError(f"model.conditional: the data in {data_root} has no labels: prepare it with "
-                          "python -m data_prep --labels folders|shapes|FILE")
+                          "python -m data_prep --labels folders|shapes|backgrounds|FILE")
     kind, names, frequencies = labels
     m = cfg.model
     for key, value in (("label_kind", kind), ("label_names", names)):
