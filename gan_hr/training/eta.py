@@ -15,13 +15,14 @@ resolution:
   probe instead predicted the demo's later phases 3-4x too slow from its 4² measurement;
 * nothing measured yet: the probe's speed as it is (the header's estimate).
 
-The probe (`probe_speeds`) trains nothing of the run: it times a D and a G step on networks built
-afresh from the config, inside `fork_rng`, so the run's weights, buffers (StyleGAN's w_avg) and
-random stream are untouched, and resume stays bit-exact.
+The probe (`probe_speeds`) trains nothing of the run: it times D and G steps, with their Adam and
+EMA updates, on networks built afresh from the config, inside `fork_rng`, so the run's weights,
+buffers (StyleGAN's w_avg) and random stream are untouched, and resume stays bit-exact.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ from gan_hr.losses import discriminator_loss, generator_loss, vae_loss
 from gan_hr.models import build_discriminator, build_generator
 from gan_hr.nn.spectral import update_spectral_norms
 from gan_hr.schedule import Schedule
+from gan_hr.training.ema import update_ema
+from gan_hr.training.optim import build_adam
 
 # Weight of the earlier windows' images and seconds against the newest window's.
 DECAY = 0.5
@@ -115,17 +118,19 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
                  world_size: int, autocast: Callable[[], AbstractContextManager], repeats: int = 2,
                  ) -> dict[int, float]:
     """Images/s of the whole run (all processes together) at each of `resolutions`: a D step and
-    a G step, forward and backward, on fresh networks at the per-process batch, timed `repeats`
-    times after one warm-up (the fastest counts). With lazy R1 (`loss.r1_every` k > 1) a step
-    with the penalty and one without are both timed and weighted 1 : k - 1, as training mixes
-    them: timing only the first overestimated the demo's run by a third. No optimizer step, no
-    data, no collective: every process may call it alone."""
+    a G step, forward and backward, then both Adam steps and the EMA update, on fresh networks
+    at the per-process batch, timed `repeats` times after one warm-up (the fastest counts). With
+    lazy R1 (`loss.r1_every` k > 1) a step with the penalty and one without are both timed and
+    weighted 1 : k - 1, as training mixes them. No data, no collective: every process may call it
+    alone."""
     cuda = [device] if device.type == "cuda" else []
     speeds: dict[int, float] = {}
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(0)
         G = build_generator(cfg.model, cfg.schedule.max_res).to(device).train()
         D = build_discriminator(cfg.model, cfg.schedule.max_res).to(device).train()
+        G_ema = copy.deepcopy(G).eval()
+        optimizers = [build_adam(cfg, G), build_adam(cfg, D)]
         step = _PROBE_STEPS.get(cfg.model.name, _probe_step)
         for res in resolutions:
             global_batch = schedule.batch_size(res)
@@ -137,6 +142,10 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
                 for _ in range(1 + repeats):
                     start = time.perf_counter()
                     step(cfg, G, D, real, res, autocast, regularize=regularize)
+                    for opt in optimizers:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    update_ema(G_ema, G, 0.99)
                     if cuda:
                         torch.cuda.synchronize(device)
                     times.append(time.perf_counter() - start)
@@ -145,7 +154,7 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
             every = cfg.loss.r1_every
             seconds = fastest(True) if every == 1 else (fastest(True) + (every - 1) * fastest(False)) / every
             speeds[res] = global_batch / seconds
-        del G, D
+        del G, D, G_ema, optimizers
     if cuda:
         torch.cuda.empty_cache()
     return speeds
@@ -153,7 +162,7 @@ def probe_speeds(cfg: Config, schedule: Schedule, resolutions: list[int], *, dev
 
 def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
                 autocast: Callable[[], AbstractContextManager], *, regularize: bool) -> None:
-    """The work of a training step's D and G halves (Trainer.train_step), without applying it."""
+    """The work of a training step's D and G halves (Trainer.train_step), up to the gradients."""
     n, latent = real.shape[0], cfg.model.latent_dim
     # Conditional: any labels of the right shape cost what the real ones do.
     cond = {"labels": grid_labels(n, cfg.model).to(real.device)} if cfg.model.conditional else {}
@@ -173,8 +182,6 @@ def _probe_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch
     with autocast():
         loss_g, _ = generator_loss(cfg.loss, score(G(torch.randn(n, latent, device=real.device), res, 1.0, **cond)))
     loss_g.backward()
-    G.zero_grad(set_to_none=True)
-    D.zero_grad(set_to_none=True)
 
 
 def _probe_vae_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: torch.Tensor, res: int,
@@ -184,8 +191,6 @@ def _probe_vae_step(cfg: Config, G: torch.nn.Module, D: torch.nn.Module, real: t
     with autocast():
         loss, _ = vae_loss(cfg.model.vae_beta, lambda x: D(x, res, 1.0), lambda z: G(z, res, 1.0), real)
     loss.backward()
-    G.zero_grad(set_to_none=True)
-    D.zero_grad(set_to_none=True)
 
 
 # Models whose step is not the GANs' D and G steps (gan_hr.training.launch.TRAINERS).

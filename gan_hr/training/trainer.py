@@ -34,6 +34,7 @@ from gan_hr.schedule import Phase, Schedule
 from gan_hr.training.compile import compile_regions, eager
 from gan_hr.training.ema import ema_beta, update_ema
 from gan_hr.training.eta import Eta, end_images, probe_speeds
+from gan_hr.training.optim import build_adam
 from gan_hr.training.grad_sync import average_buffers, max_over_ranks
 from gan_hr.training.guard import FINISHED, StopGuard, apply_gradients
 from gan_hr.training.report import rate
@@ -121,8 +122,8 @@ class Trainer:
             compile_regions(self.G, cfg.train.compile_backend)
             compile_regions(self.D, cfg.train.compile_backend)
 
-        self.opt_G = self._optimizer(self.G)
-        self.opt_D = self._optimizer(self.D)
+        self.opt_G = build_adam(self.cfg, self.G)
+        self.opt_D = build_adam(self.cfg, self.D)
         fp16 = cfg.train.mixed_precision == "fp16"
         # One scaler per network: their overflow histories differ (Accelerate shares one).
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -176,15 +177,9 @@ class Trainer:
         mode = self.cfg.model.sync_batchnorm
         return mode == "on" or (mode == "auto" and self.world > 1)
 
-    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        # Fused: one kernel per step, and it can skip a non-finite step on the device (found_inf).
-        return torch.optim.Adam(net.parameters(), lr=self.cfg.schedule.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
-                                fused=True)
-
     def _reset_optimizers(self) -> None:
-        self.opt_G = self._optimizer(self.G)
-        self.opt_D = self._optimizer(self.D)
+        self.opt_G = build_adam(self.cfg, self.G)
+        self.opt_D = build_adam(self.cfg, self.D)
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.G.load_state_dict(ckpt.models["G"])
