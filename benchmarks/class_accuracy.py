@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from learning import cpu_description
+from learning import ROOT, cpu_description
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gan_hr.data import load_manifest, make_loader  # noqa: E402

@@ -82,8 +82,9 @@ def train_for(run: Path, model: str, seed: int, threads: int, seconds: float,
             if started_cpu is None:
                 if header_printed(log_path):
                     started_cpu, started_wall = tree_cpu_seconds(tree), time.perf_counter()
-            elif tree_cpu_seconds(tree) - started_cpu >= seconds:
-                cpu = tree_cpu_seconds(tree) - started_cpu
+                continue
+            cpu = tree_cpu_seconds(tree) - started_cpu
+            if cpu >= seconds:
                 wall = time.perf_counter() - started_wall
                 os.killpg(proc.pid, signal.SIGUSR1)
                 proc.wait()

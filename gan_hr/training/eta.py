@@ -9,10 +9,11 @@ resolution:
   resumed run measures afresh), each window weighing `DECAY` times less than the next, so that
   one slow window (a checkpoint, a busy machine) moves the estimate without taking it over;
 * not measured yet: the timing probe's step time at that resolution plus what a real step took
-  beyond its probe at the most recently measured resolution. The probe times G and D alone; the
-  rest of a step (optimizer, EMA, guard, logging, Python, waiting for data) costs about the same
-  at every resolution, and at 4² it is most of the step: scaling by the ratio of measured to
-  probe instead predicted the demo's later phases 3-4x too slow from its 4² measurement;
+  beyond its probe at the most recently measured resolution. The probe times G and D with their
+  optimizer and EMA updates; the rest of a step (guard, logging, Python, waiting for data) costs
+  about the same at every resolution, and at 4² it is most of the step: scaling by the ratio of
+  measured to probe instead predicted the demo's later phases 3-4x too slow from its 4²
+  measurement;
 * nothing measured yet: the probe's speed as it is (the header's estimate).
 
 The probe (`probe_speeds`) trains nothing of the run: it times D and G steps, with their Adam and
