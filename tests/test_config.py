@@ -150,3 +150,13 @@ def test_unknown_section_in_yaml(tmp_path):
     path.write_text("modle:\n  name: progan\n")
     with pytest.raises(ConfigError, match=r"^modle: unknown key \(did you mean model\?\)"):
         load_config(path)
+
+
+def test_the_built_in_label_kinds_are_the_ones_data_prep_makes():
+    """data.synthetic_labels is validated against gan_hr's list; data_prep makes the labels: the
+    two lists must name the same kinds, or a valid config would fail in data_prep."""
+    from data_prep.labels import SYNTHETIC_LABELS as made
+
+    from gan_hr.config import SYNTHETIC_LABELS as accepted
+
+    assert list(accepted) == list(made)
