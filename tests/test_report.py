@@ -135,6 +135,42 @@ def test_probe_weighs_lazy_r1_steps_as_training_mixes_them(monkeypatch):
         assert asked == ([True, True, False, False] if every == 4 else [True, True])
 
 
+def test_probe_times_the_optimizer_and_ema_updates_of_a_step(monkeypatch):
+    """A step's Adam and EMA updates are part of its time: a fake clock where the step takes 1 s
+    and the EMA update 2 s gives 3 s a step; and both optimizers stepped."""
+    from gan_hr.training import eta as eta_module
+
+    clock = [0.0]
+    stepped = []
+
+    def fake_step(cfg, G, D, real, res, autocast, *, regularize):
+        for p in [*G.parameters(), *D.parameters()]:
+            p.grad = torch.ones_like(p)
+        clock[0] += 1.0
+
+    real_adam = eta_module.build_adam
+
+    def counting_adam(cfg, net):
+        opt = real_adam(cfg, net)
+        step = opt.step
+        opt.step = lambda: (stepped.append(net), step())
+        return opt
+
+    def slow_ema(ema, model, beta):
+        clock[0] += 2.0
+
+    monkeypatch.setattr(eta_module, "_probe_step", fake_step)
+    monkeypatch.setattr(eta_module, "build_adam", counting_adam)
+    monkeypatch.setattr(eta_module, "update_ema", slow_ema)
+    monkeypatch.setattr(eta_module.time, "perf_counter", lambda: clock[0])
+    cfg = Config(model=ModelConfig(name="progan", latent_dim=8, channel_base=64, channel_max=8),
+                 schedule=ScheduleConfig(start_res=4, max_res=4, batch_size=6))
+    speeds = probe_speeds(cfg, Schedule(cfg.schedule), [4], device=torch.device("cpu"), world_size=1,
+                          autocast=contextlib.nullcontext, repeats=1)
+    assert speeds == {4: pytest.approx(6 / 3.0)}
+    assert len(stepped) == 4  # G and D, on the warm-up and the timed step
+
+
 # --------------------------------------------------------------------------- text
 
 
