@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,7 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
     "stylegan": ("train_progressive.py", "configs/demo.yaml", ["model.name=stylegan"]),
 }
 NEVER_REACHED_KIMG = 100_000
+INTERRUPTED = threading.Event()  # set on Ctrl-C: every run still training stops
 HEADER_LAST_LINE = "estimate"
 
 
@@ -75,20 +77,28 @@ def train_for(run: Path, model: str, seed: int, threads: int, seconds: float,
     with open(log_path, "w") as log:
         proc = subprocess.Popen(launch + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        tree = psutil.Process(proc.pid)
-        started_cpu = started_wall = None
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if started_cpu is None:
-                if header_printed(log_path):
-                    started_cpu, started_wall = tree_cpu_seconds(tree), time.perf_counter()
-                continue
-            cpu = tree_cpu_seconds(tree) - started_cpu
-            if cpu >= seconds:
-                wall = time.perf_counter() - started_wall
+        try:
+            tree = psutil.Process(proc.pid)
+            started_cpu = started_wall = None
+            while proc.poll() is None and not INTERRUPTED.is_set():
+                time.sleep(0.5)
+                if started_cpu is None:
+                    if header_printed(log_path):
+                        started_cpu, started_wall = tree_cpu_seconds(tree), time.perf_counter()
+                    continue
+                cpu = tree_cpu_seconds(tree) - started_cpu
+                if cpu >= seconds:
+                    wall = time.perf_counter() - started_wall
+                    os.killpg(proc.pid, signal.SIGUSR1)
+                    proc.wait()
+                    return {"cpu_s": cpu, "wall_s": wall}
+        finally:
+            # Interrupted: the run is in a session of its own and would train on unseen.
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGUSR1)
                 proc.wait()
-                return {"cpu_s": cpu, "wall_s": wall}
+    if INTERRUPTED.is_set():
+        raise SystemExit(f"interrupted: {model} stopped with a checkpoint; see {log_path}")
     raise SystemExit(f"error: {model} exited ({proc.returncode}) before its budget; see {log_path}")
 
 
@@ -136,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Runs at once share the cores; each still gets its CPU seconds (threads x parallel <= cores).
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(measure, args.models))
+        futures = [pool.submit(measure, model) for model in args.models]
+        try:
+            rows = [f.result() for f in futures]
+        except KeyboardInterrupt:
+            # Ctrl-C reaches this thread only: stop the runs (each checkpoints), or the pool's exit
+            # would wait for their budgets.
+            INTERRUPTED.set()
+            for f in futures:
+                f.cancel()
+            raise
     print(table(rows, args.seconds, args.threads, cpu))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
