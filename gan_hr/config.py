@@ -63,6 +63,9 @@ class ModelConfig:
     truncation_cutoff: int = 8
     blur: bool = True
     noise: bool = True
+    # StyleGAN2's weight demodulation in every styled conv in place of AdaIN's instance norm
+    # (gan_hr/nn/style.py); the 4x4 constant keeps AdaIN. Off = StyleGAN v1, as the paper.
+    demodulate: bool = False
     # DCGAN/LSGAN: feature maps of the widest layer at 64² is 8 * base_width.
     base_width: int = 64
     # SyncBatchNorm for batch-norm models: auto = on when more than one process.

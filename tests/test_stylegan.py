@@ -1,4 +1,4 @@
-"""StyleGAN generator: AdaIN, noise, blur, mapping lr multiplier, truncation, style mixing,
+"""StyleGAN generator: AdaIN, demodulation, noise, blur, mapping lr multiplier, truncation, style mixing,
 w_avg, progressive fade-in, autocast and double backward. Tiny widths so the file runs in seconds."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from gan_hr.models.progan import ProGANDiscriminator
 from gan_hr.models.stylegan import StyleGANDiscriminator, StyleGANGenerator
 from gan_hr.nn.equalized import EqualLinear
 from gan_hr.nn.layers import Blur2d, upsample2x
-from gan_hr.nn.style import AdaIN, NoiseInjection, adain
+from gan_hr.nn.style import AdaIN, NoiseInjection, StyledConv, adain, demodulation
 
 DIM = 32
 MAX_RES = 64
@@ -73,6 +73,35 @@ def test_adain_starts_as_plain_instance_norm():
     # The functional form with an explicit style.
     scale, bias = torch.full((2, 4), 2.0), torch.full((2, 4), -1.0)
     torch.testing.assert_close(adain(x, scale, bias), 2 * F.instance_norm(x, eps=1e-8) - 1, atol=1e-5, rtol=1e-5)
+
+
+def test_demodulation_gives_every_output_channel_unit_std_whatever_the_style():
+    torch.manual_seed(2)
+    weight = torch.randn(6, 5, 3, 3) * torch.rand(6, 1, 1, 1) * 3
+    style = torch.rand(4, 5) * 10 + 0.1
+    x = torch.randn(4, 5, 64, 64)
+    out = F.conv2d(x * style[:, :, None, None], weight) * demodulation(weight, style)[:, :, None, None]
+    # Unpadded conv, so every output pixel sums 45 independent unit-std terms.
+    std = out.std(dim=(2, 3))
+    torch.testing.assert_close(std, torch.ones_like(std), rtol=0, atol=0.08)
+    plain = F.conv2d(x * style[:, :, None, None], weight).std(dim=(2, 3))
+    assert plain.max() / plain.min() > 4  # without it the channels spread by the weights and styles
+
+
+def test_demodulate_replaces_adain_in_every_styled_conv():
+    g = make_g(max_res=16, demodulate=True)
+    convs = [m for m in g.modules() if isinstance(m, StyledConv)]
+    assert len(convs) == 5 and all(c.modulation is not None and c.epilogue.adain is None for c in convs)
+    # Only the 4x4 constant, which has no conv to modulate, keeps AdaIN.
+    assert [m for m in g.modules() if isinstance(m, AdaIN)] == [g.synthesis.blocks["b4"].layer0.adain]
+    assert all(c.modulation is None for c in make_g(max_res=16).modules() if isinstance(c, StyledConv))
+    # The style is the identity at init (bias 1), so a layer's output starts at unit scale.
+    conv = convs[1]
+    torch.testing.assert_close(conv.modulation.bias, torch.ones(conv.conv.weight.shape[1]))
+    z = torch.randn(2, DIM)
+    for res, alpha in ((4, 1.0), (8, 0.5), (16, 1.0)):
+        img = g(z, res, alpha)
+        assert img.shape == (2, 3, res, res) and torch.isfinite(img).all()
 
 
 def test_blur_is_a_normalised_binomial_filter_with_double_backward():
@@ -343,8 +372,9 @@ def test_discriminator_blurs_before_every_downsampling_as_the_official_one():
 # --------------------------------------------------------------------------- precision, autograd
 
 
-def test_backward_and_double_backward_under_bf16_autocast():
-    g = make_g(max_res=32).train()
+@pytest.mark.parametrize("demodulate", [False, True], ids=["adain", "demodulate"])
+def test_backward_and_double_backward_under_bf16_autocast(demodulate):
+    g = make_g(max_res=32, demodulate=demodulate).train()
     set_noise_strength(g, 0.1)
     z = torch.randn(4, DIM)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -360,7 +390,7 @@ def test_backward_and_double_backward_under_bf16_autocast():
     assert any(p.grad.abs().sum() > 0 for p in g.mapping.parameters())
 
     # Path-length style penalty: gradient w.r.t. ws with create_graph, then backward through it
-    # (double backward through the blur, AdaIN and noise).
+    # (double backward through the blur, AdaIN or demodulation, and noise).
     g.zero_grad(set_to_none=True)
     ws = g.mapping(z)[:, None].expand(-1, g.num_ws, -1).detach().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -86,7 +86,7 @@ class SynthesisBlock(nn.Module):
 
     def __init__(
         self, resolution: int, in_channels: int, out_channels: int, w_dim: int,
-        *, blur: bool, noise: bool, first_layer: int,
+        *, blur: bool, noise: bool, demodulate: bool, first_layer: int,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -100,9 +100,12 @@ class SynthesisBlock(nn.Module):
             self.const = None
             self.layer0 = StyledConv(
                 in_channels, out_channels, w_dim, resolution,
-                upsample=True, blur=blur, noise=noise, noise_seed=first_layer,
+                upsample=True, blur=blur, noise=noise, noise_seed=first_layer, demodulate=demodulate,
             )
-        self.layer1 = StyledConv(out_channels, out_channels, w_dim, resolution, noise=noise, noise_seed=first_layer + 1)
+        self.layer1 = StyledConv(
+            out_channels, out_channels, w_dim, resolution,
+            noise=noise, noise_seed=first_layer + 1, demodulate=demodulate,
+        )
         self.to_rgb = ToRGB(out_channels)
 
     def forward(self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
@@ -135,6 +138,7 @@ class SynthesisNetwork(nn.Module):
                 cfg.w_dim,
                 blur=cfg.blur,
                 noise=cfg.noise,
+                demodulate=cfg.demodulate,
                 first_layer=2 * i,
             )
         self.blocks = nn.ModuleDict(blocks)

@@ -2,6 +2,9 @@
 
 The order inside one layer follows the official StyleGAN v1 "layer epilogue":
 conv -> [blur] -> noise -> bias -> leaky ReLU -> instance norm -> style modulation (AdaIN).
+With `demodulate` a styled conv instead takes StyleGAN2's weight (de)modulation (Karras et al.
+2020): style-scaled input -> conv -> divided by the expected std -> [blur] -> noise -> bias ->
+leaky ReLU, with no instance norm.
 Everything is plain PyTorch (no custom ops), so it runs under autocast and supports
 double backward (R1 / path-length style penalties).
 """
@@ -63,6 +66,16 @@ def adain(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float =
     return torch.addcmul(bias[:, :, None, None], F.instance_norm(x, eps=eps), scale[:, :, None, None])
 
 
+def demodulation(weight: torch.Tensor, style: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """StyleGAN2's demodulation factors: [N, out] that give every output channel of a conv with
+    weight * style unit expected std for unit-std, independent inputs.
+
+    weight: [out, in, k, k] (the effective weight); style: [N, in]. Applied to the conv's output
+    (the non-fused form: one conv for the whole batch instead of a grouped conv per sample).
+    """
+    return torch.rsqrt(style.square() @ weight.square().sum(dim=(2, 3)).t() + eps)
+
+
 class AdaIN(nn.Module):
     """Adaptive instance norm: a learned affine map of w gives each channel's scale and bias.
 
@@ -83,23 +96,32 @@ class AdaIN(nn.Module):
 
 
 class StyleEpilogue(nn.Module):
-    """What follows every conv (and the learned constant): noise, bias, leaky ReLU, AdaIN."""
+    """What follows every conv (and the learned constant): noise, bias, leaky ReLU, [AdaIN].
 
-    def __init__(self, channels: int, w_dim: int, resolution: int, *, noise: bool, noise_seed: int) -> None:
+    `styled=False` leaves AdaIN out, for a conv that took its style by modulation already.
+    """
+
+    def __init__(
+        self, channels: int, w_dim: int, resolution: int, *, noise: bool, noise_seed: int, styled: bool = True,
+    ) -> None:
         super().__init__()
         self.noise = NoiseInjection(channels, resolution, seed=noise_seed) if noise else None
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.adain = AdaIN(w_dim, channels)
+        self.adain = AdaIN(w_dim, channels) if styled else None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         if self.noise is not None:
             x = self.noise(x, noise_mode)
         x = F.leaky_relu(x + _as(self.bias, x).view(1, -1, 1, 1), LRELU_SLOPE)
-        return self.adain(x, w)
+        return self.adain(x, w) if self.adain is not None else x
 
 
 class StyledConv(nn.Module):
-    """[nearest 2x upsample] -> equalized 3x3 conv -> [blur] -> style epilogue; consumes one w."""
+    """[nearest 2x upsample] -> equalized 3x3 conv -> [blur] -> style epilogue; consumes one w.
+
+    With `demodulate` the style scales the conv's input channels (an affine map of w with bias
+    init 1, as StyleGAN2's) and the output is divided by its expected std, in place of AdaIN.
+    """
 
     def __init__(
         self,
@@ -112,6 +134,7 @@ class StyledConv(nn.Module):
         blur: bool = False,
         noise: bool = True,
         noise_seed: int = 0,
+        demodulate: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -121,12 +144,25 @@ class StyledConv(nn.Module):
         # Official order: upsample -> conv -> blur; blurring the conv's output is the cheaper
         # side when channels shrink with resolution.
         self.blur = Blur2d(out_channels) if upsample and blur else None
-        self.epilogue = StyleEpilogue(out_channels, w_dim, resolution, noise=noise, noise_seed=noise_seed)
+        self.modulation = None
+        if demodulate:
+            self.modulation = EqualLinear(w_dim, in_channels, gain=1.0)
+            with torch.no_grad():
+                self.modulation.bias.fill_(1.0)
+        self.epilogue = StyleEpilogue(
+            out_channels, w_dim, resolution, noise=noise, noise_seed=noise_seed, styled=not demodulate,
+        )
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if self.modulation is not None:
+            style = self.modulation(w).to(x.dtype)
+            demod = demodulation(self.conv.effective_weight().to(x.dtype), style)
+            x = x * style[:, :, None, None]
         if self.upsample:
             x = upsample2x(x)
         x = self.conv(x)
+        if self.modulation is not None:
+            x = x * _as(demod, x)[:, :, None, None]
         if self.blur is not None:
             x = self.blur(x)
         return self.epilogue(x, w, noise_mode)

@@ -41,7 +41,7 @@ from gan_hr.training.run_dir import MetricsLog, RunDir
 # Keys that fix the networks' tensors (or what their weights mean): a run keeps them for life.
 NETWORK_KEYS = (
     "model.name", "model.latent_dim", "model.channel_base", "model.channel_max", "model.mbstd_group_size",
-    "model.w_dim", "model.mapping_layers", "model.mapping_lr_mul", "model.blur", "model.noise",
+    "model.w_dim", "model.mapping_layers", "model.mapping_lr_mul", "model.blur", "model.noise", "model.demodulate",
     "model.base_width", "model.d_spectral_norm", "model.conditional", "model.label_kind", "model.label_names",
     "schedule.max_res",
 )
