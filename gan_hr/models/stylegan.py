@@ -3,7 +3,9 @@
 z -> mapping network -> w; w is broadcast to one copy per synthesis layer ("ws", two layers per
 resolution), optionally mixed with a second w (style mixing regularisation, training only) and
 pulled towards the running mean `w_avg` (truncation trick). The synthesis network starts from a
-learned 4x4 constant; each layer is conv -> [blur] -> noise -> bias -> leaky ReLU -> AdaIN(w).
+learned 4x4 constant; each layer is conv -> [blur] -> noise -> bias -> leaky ReLU -> AdaIN(w),
+or with `model.demodulate` (StyleGAN2's, Karras et al. 2020) a conv modulated by w and
+demodulated, then the same without AdaIN (gan_hr/nn/style.py).
 Each resolution has its own to-RGB; a new resolution fades in with `alpha` as in ProGAN.
 
 Choices this module makes (documented because callers depend on them):
