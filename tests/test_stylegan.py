@@ -104,6 +104,21 @@ def test_demodulate_replaces_adain_in_every_styled_conv():
         assert img.shape == (2, 3, res, res) and torch.isfinite(img).all()
 
 
+def test_demodulated_conv_ignores_the_styles_overall_scale():
+    torch.manual_seed(3)
+    layer = StyledConv(5, 6, w_dim=8, resolution=16, upsample=True, noise=False, demodulate=True)
+    x, w = torch.randn(2, 5, 8, 8), torch.randn(2, 8)
+    before = layer(x, w)
+    with torch.no_grad():
+        layer.modulation.weight.mul_(7.0)
+        layer.modulation.bias.mul_(7.0)
+    # Demodulation divides the scale back out; per-channel ratios of the style still count.
+    torch.testing.assert_close(layer(x, w), before, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        layer.modulation.bias[0].mul_(3.0)
+    assert not torch.allclose(layer(x, w), before, rtol=1e-3, atol=1e-4)
+
+
 def test_blur_is_a_normalised_binomial_filter_with_double_backward():
     blur = Blur2d(2)
     x = torch.randn(1, 2, 6, 6)
