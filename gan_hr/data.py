@@ -52,9 +52,9 @@ from urllib.request import url2pathname
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode  # also loads torchvision's image ops
 
 from gan_hr.config import SLOTS_PER_RANK
+from gan_hr.image_ops import READ_RGB, load_image_ops
 from gan_hr.manifest import (
     LABEL_MEMBERS,
     MANIFEST,
@@ -81,8 +81,8 @@ log = logging.getLogger(__name__)
 _IMAGE_EXTENSIONS = {"png", "jpg", "jpeg"}
 # The op under torchvision.io.decode_image (PNG or JPEG bytes -> uint8 CHW view of HWC pixels):
 # the Python wrapper costs ~4 us a call, 5% of decoding a 64² PNG.
+load_image_ops()
 _decode_image = torch.ops.image.decode_image
-_RGB = ImageReadMode.RGB.value
 # Paths inside a data set: relative, no "..", no characters a shell would interpret (they may be
 # substituted into a `pipe:` command).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
@@ -414,7 +414,7 @@ def _decode(item: _RawItem, resolution: int, report: _CorruptLog) -> _Sample:
         return key, None, flip
     try:
         data = torch.frombuffer(shard.buffer, dtype=torch.uint8, count=size, offset=offset)
-        image = _decode_image(data, _RGB, False)
+        image = _decode_image(data, READ_RGB, False)
     except (RuntimeError, ValueError) as err:
         report(item, f"undecodable: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         return key, None, flip

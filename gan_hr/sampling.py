@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.utils import make_grid
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -32,6 +31,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 MIN_TILE = 32
 
 
+def _tile(tiles: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
+    """Tiles [N, C, H, W] as one image [C, rows * (H + p) + p, nrow * (W + p) + p] on black, row by
+    row; one tile alone is returned as it is. The layout of torchvision's make_grid, whose import
+    would load all of torchvision (see gan_hr/image_ops.py)."""
+    if tiles.shape[0] == 1:
+        return tiles[0]
+    n, channels, h, w = tiles.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = tiles.new_zeros(channels, rows * (h + padding) + padding, cols * (w + padding) + padding)
+    for k, tile in enumerate(tiles):
+        y, x = divmod(k, cols)
+        top, left = y * (h + padding) + padding, x * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = tile
+    return grid
+
+
 def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None,
               min_tile: int = MIN_TILE) -> np.ndarray:
     """Write images [N, 3, H, W] (float in [-1, 1], or uint8) as one PNG grid (square-ish), each
@@ -42,8 +58,7 @@ def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None = None
     scale = max(1, math.ceil(min_tile / tiles.shape[-1]))
     if scale > 1:
         tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    grid = make_grid(tiles, nrow=nrow, padding=2, pad_value=0)
-    array = grid.permute(1, 2, 0).numpy()
+    array = _tile(tiles, nrow).permute(1, 2, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

@@ -131,3 +131,14 @@ def test_save_grid_enlarges_small_tiles_for_the_eye(tmp_path):
     # 32² and larger are written as they are; min_tile=0 keeps any size.
     assert save_grid(torch.zeros(2, 3, 32, 32), tmp_path / "h.png").shape == (36, 70, 3)
     assert save_grid(images, tmp_path / "i.png", min_tile=0).shape == (2 * 6 + 2, 2 * 6 + 2, 3)
+
+
+@pytest.mark.parametrize("count, nrow", [(1, 1), (2, 2), (5, 3), (7, 8), (16, 4)])
+def test_save_grid_lays_tiles_out_as_torchvision_make_grid(tmp_path, count, nrow):
+    from torchvision.utils import make_grid
+
+    from gan_hr.sampling import save_grid
+
+    images = torch.rand(count, 3, 32, 32) * 2 - 1
+    expected = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=0).permute(1, 2, 0).numpy()
+    assert (save_grid(images, tmp_path / "g.png", nrow=nrow) == expected).all()

@@ -17,7 +17,6 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch._dynamo
 from torch import nn
 
 # Graphs one block's code may keep: grad on or off, input requiring grad or not, style mixing
@@ -29,6 +28,8 @@ RECOMPILE_LIMIT = 64
 def compile_regions(model: nn.Module, backend: str = "inductor") -> int:
     """Compile every region of `model` in place (parameters and state_dict keys unchanged);
     returns how many. A model without `regions()` is left as it is."""
+    import torch._dynamo  # here: importing it takes a second and a half, which eager runs need not pay
+
     regions = model.regions() if hasattr(model, "regions") else []
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
