@@ -1,10 +1,11 @@
 """torchvision's image decoding ops (``torch.ops.image``), loaded without importing torchvision.
 
 ``import torchvision.io`` first runs torchvision's package import, whose models and ops import
-``torch._dynamo``: 1.7 of the 3.7 s it took every training, sampling or evaluation process to
-import gan_hr here, for two shared libraries that load in milliseconds. This loads them the way
-torchvision's own ``extension._load_library`` does, and falls back to importing torchvision.io
-where its package is laid out otherwise.
+``torch._dynamo``: 1.7 of the 3.7 s it took to import gan_hr's pipeline modules here, for two
+shared libraries that load in milliseconds. Sampling and evaluation save all of it; training
+imports ``torch._dynamo`` anyway (torch.optim does) and saves only torchvision's own 0.2 s.
+This loads the libraries the way torchvision's own ``extension._load_library`` does, and falls
+back to importing torchvision.io where its package is laid out otherwise.
 """
 
 from __future__ import annotations
