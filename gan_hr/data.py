@@ -86,6 +86,8 @@ _decode_image = torch.ops.image.decode_image
 # Paths inside a data set: relative, no "..", no characters a shell would interpret (they may be
 # substituted into a `pipe:` command).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+# What SLURM sends every process of a job step to stop it: the training process handles them.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Corrupt members: log the first few of each process in full, then every this-many-th.
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
@@ -609,7 +611,15 @@ class _WorkerLoader:
         self.loader = loader
 
     def __iter__(self) -> Iterator[dict]:
-        return _StopWorkersOnError(iter(self.loader))
+        # A stop signal between a worker's fork and its `_ignore_stop_signals` would kill it, and
+        # the trainer with it: the workers start with the signals blocked, and one that comes
+        # meanwhile waits for the training process, whose handler takes it once they are restored.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            batches = iter(self.loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return _StopWorkersOnError(batches)
 
 
 class _StopWorkersOnError:
@@ -664,5 +674,6 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """Workers ignore SIGTERM/SIGUSR1: SLURM signals every process of a job step, and a worker
     killed by it would crash the trainer before it can write its checkpoint. The training
     process handles the signal and shuts the workers down itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked while it started (_WorkerLoader)

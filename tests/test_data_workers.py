@@ -3,12 +3,16 @@ bit for bit the same whatever worker counts the run and its restarts use."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import time
 
 import pytest
+import torch.utils.data._utils.worker as torch_worker
 from train_helpers import assert_same_state, checkpoints, train
 
-from gan_hr.data import loader_workers
+from gan_hr.data import loader_workers, make_loader
 
 RESOLUTIONS = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
@@ -33,6 +37,28 @@ def test_auto_shares_the_affinity_among_the_node_s_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 4 CPUs per process: 3 for workers, rounded to 2
     assert loader_workers("auto", 1024) == 2
     assert loader_workers("auto", 64) == 2
+
+
+def test_a_stop_signal_while_workers_start_spares_them(monkeypatch, synthetic_data):
+    """SLURM's SIGTERM reaches every process of the job step, and may come while a loader's workers
+    are still starting, before they ignore it: it must wait, not kill them (and the trainer with
+    them). Each worker here starts a second late, and is sent SIGTERM and SIGUSR1 meanwhile."""
+    worker_loop = torch_worker._worker_loop
+
+    def slow_start(*args, **kwargs):
+        time.sleep(1.0)
+        return worker_loop(*args, **kwargs)
+
+    monkeypatch.setattr(torch_worker, "_worker_loop", slow_start)
+    batches = iter(make_loader(str(synthetic_data), 8, 4, seed=0, num_workers=2))
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    images = [next(batches)["image"] for _ in range(4)]
+    assert all(w.is_alive() for w in workers)
+    assert [tuple(i.shape) for i in images] == [(4, 3, 8, 8)] * 4
 
 
 @pytest.mark.slow
