@@ -67,6 +67,7 @@ from gan_hr.manifest import (
 __all__ = [
     "DataError",
     "ShardInfo",
+    "STOP_SIGNALS",
     "ShardStream",
     "data_url",
     "load_manifest",
@@ -87,7 +88,7 @@ _decode_image = torch.ops.image.decode_image
 # substituted into a `pipe:` command).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 # What SLURM sends every process of a job step to stop it: the training process handles them.
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Corrupt members: log the first few of each process in full, then every this-many-th.
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
@@ -614,7 +615,7 @@ class _WorkerLoader:
         # A stop signal between a worker's fork and its `_ignore_stop_signals` would kill it, and
         # the trainer with it: the workers start with the signals blocked, and one that comes
         # meanwhile waits for the training process, whose handler takes it once they are restored.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             batches = iter(self.loader)
         finally:
@@ -674,6 +675,6 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """Workers ignore SIGTERM/SIGUSR1: SLURM signals every process of a job step, and a worker
     killed by it would crash the trainer before it can write its checkpoint. The training
     process handles the signal and shuts the workers down itself."""
-    for sig in _STOP_SIGNALS:
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked while it started (_WorkerLoader)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while it started (_WorkerLoader)

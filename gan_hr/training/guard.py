@@ -25,9 +25,9 @@ from types import FrameType
 import torch
 from torch import nn
 
+from gan_hr.data import STOP_SIGNALS
 from gan_hr.training.grad_sync import average_gradients
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # The answers of `StopGuard.why_stop` for a run that trained as long as it was asked to; the
 # others ("diverged", "signal ...") interrupt it.
 FINISHED = ("max_steps", "total_kimg")
