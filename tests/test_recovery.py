@@ -290,7 +290,8 @@ def test_a_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path, synthet
 def test_the_wandb_run_id_is_kept_from_before_the_first_checkpoint(tmp_path, synthetic_data):
     """A job killed before its first checkpoint restarts as the same W&B run."""
     run = tmp_path / "run"
-    first = _start(run, synthetic_data, "train.max_steps=100000", "tracking.backend=wandb")
+    # One long first phase: no phase-end checkpoint can come before the kill, however fast the steps run.
+    first = _start(run, synthetic_data, "train.max_steps=100000", "schedule.stable_kimg=1000", "tracking.backend=wandb")
     try:
         _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 2)
         assert checkpoints(run) == []
