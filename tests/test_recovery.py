@@ -30,6 +30,9 @@ from train_helpers import (
     train_command,
 )
 
+from gan_hr.config import from_dict
+from gan_hr.training.resume import LaunchError, config_changes, refuse_network_changes
+
 pytestmark = pytest.mark.slow
 
 
@@ -158,6 +161,21 @@ def test_resume_refuses_to_change_the_networks(run, synthetic_data):
         "error: resuming from step-00000010 would change the networks (model.latent_dim 16 -> 8, model.channel_max "
         "16 -> 32): these keys are fixed for a run; drop the overrides, or start a new --run-dir with --init-from"]
     assert _snapshot(run) == before
+
+
+def test_a_key_the_model_does_not_read_changes_nothing(run, synthetic_data):
+    """A ProGAN run resumed with StyleGAN's network keys set (as a newer demo config sets
+    model.demodulate) goes on unwarned; a StyleGAN run would refuse the same change."""
+    stylegan_keys = ["model.demodulate=false", "model.w_dim=8", "model.noise=false"]  # the run has true, 16, true
+    proc = train(run, synthetic_data, "train.max_steps=12", *stylegan_keys, resume="auto")
+    assert _errors(proc) == []
+    assert f"resuming from {run / 'checkpoints' / 'step-00000010'}" in proc.stdout
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    assert yaml.safe_load((run / "config-history" / "step-00000010.yaml").read_text())["model"]["w_dim"] == 8
+    saved = from_dict({"model": {"name": "stylegan"}})
+    asked = from_dict({"model": {"name": "stylegan", "demodulate": True}})
+    with pytest.raises(LaunchError, match=r"model.demodulate False -> True"):
+        refuse_network_changes(config_changes(saved, asked), model="stylegan", what="resuming", hint="keep it")
 
 
 def test_changed_training_keys_are_warned_and_recorded(run, synthetic_data):

@@ -157,7 +157,7 @@ def test_checkpoints_from_before_the_option_load_with_it_off():
 def test_resume_refuses_to_toggle_spectral_norm():
     on = from_dict({"model": {"d_spectral_norm": True}})
     with pytest.raises(LaunchError, match=r"model.d_spectral_norm False -> True"):
-        refuse_network_changes(config_changes(Config(), on), what="resuming", hint="keep it")
+        refuse_network_changes(config_changes(Config(), on), model="progan", what="resuming", hint="keep it")
 
 
 # --------------------------------------------------------------------------- training runs

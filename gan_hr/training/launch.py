@@ -193,7 +193,7 @@ def start_run_dir(run: RunDir, cfg: Config, resume: Resume | None, init: Checkpo
     save_config(cfg, run.config)
     MetricsLog(run.metrics).truncate_after(step)
     if resume:
-        report_changes(resume.changes, resume.ckpt)
+        report_changes(resume.changes, resume.ckpt, cfg.model.name)
     return record
 
 

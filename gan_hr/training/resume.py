@@ -45,6 +45,20 @@ NETWORK_KEYS = (
     "model.base_width", "model.d_spectral_norm", "model.conditional", "model.label_kind", "model.label_names",
     "schedule.max_res",
 )
+# Model keys that only some models read. A change to one that the run's model does not read is
+# neither refused nor warned (still recorded): a ProGAN run resumes with a StyleGAN config key set.
+_STYLEGAN_ONLY = (
+    "model.w_dim", "model.mapping_layers", "model.mapping_lr_mul", "model.style_mixing_prob", "model.w_avg_beta",
+    "model.truncation_psi", "model.truncation_cutoff", "model.blur", "model.noise", "model.demodulate",
+)
+_PROGRESSIVE_ONLY = ("model.channel_base", "model.channel_max", "model.mbstd_group_size")
+_DCGAN_ONLY = ("model.base_width",)
+UNREAD_KEYS = {
+    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY,
+    "stylegan": _DCGAN_ONLY,
+    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+    "vae": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+}
 # Keys that change how a run is driven or watched, not what it learns: changed silently (still
 # recorded in config-history/). Every other changed key is printed as a warning.
 QUIET_KEYS = (
@@ -90,9 +104,11 @@ def saved_config(ckpt: Checkpoint) -> Config:
         raise CheckpointDamaged(f"{ckpt.path}: meta.json config is invalid ({exc})") from exc
 
 
-def refuse_network_changes(changes: dict[str, tuple[Any, Any]], *, what: str, hint: str,
+def refuse_network_changes(changes: dict[str, tuple[Any, Any]], *, model: str, what: str, hint: str,
                            allowed: tuple[str, ...] = ()) -> None:
-    fixed = [f"{key} {old} -> {new}" for key, (old, new) in changes.items() if key in NETWORK_KEYS and key not in allowed]
+    """LaunchError naming every changed key that fixes `model`'s networks (but `allowed`)."""
+    fixed = [f"{key} {old} -> {new}" for key, (old, new) in changes.items()
+             if key in NETWORK_KEYS and key not in allowed and key not in UNREAD_KEYS[model]]
     if fixed:
         raise LaunchError(f"{what} would change the networks ({', '.join(fixed)}): {hint}")
 
@@ -122,7 +138,7 @@ def _verified(path, rank: int, cfg: Config, shapes: dict[str, dict[str, torch.Si
     ckpt = load_checkpoint(path, rank)
     _check_state(ckpt)
     changes = config_changes(saved_config(ckpt), cfg)
-    refuse_network_changes(changes, what=f"resuming from {ckpt.path.name}",
+    refuse_network_changes(changes, model=cfg.model.name, what=f"resuming from {ckpt.path.name}",
                            hint="these keys are fixed for a run; drop the overrides, or start a new --run-dir "
                                 "with --init-from")
     check_shapes(ckpt, shapes)
@@ -209,10 +225,11 @@ def _branch(run: RunDir, ckpt: Checkpoint) -> None:
     warn(f"branching at {ckpt.path.name}: {len(newer)} newer checkpoint(s) and {rows} metrics row(s) moved to {dest}")
 
 
-def report_changes(changes: dict[str, tuple[Any, Any]], ckpt: Checkpoint) -> None:
-    """One warning line per changed training key (run-control keys change silently)."""
+def report_changes(changes: dict[str, tuple[Any, Any]], ckpt: Checkpoint, model: str) -> None:
+    """One warning line per changed training key (run-control keys, and model keys `model`
+    does not read, change silently)."""
     for key, (old, new) in changes.items():
-        if not key.startswith(QUIET_KEYS):
+        if not key.startswith(QUIET_KEYS) and key not in UNREAD_KEYS[model]:
             warn(f"resuming {ckpt.path.name} with {key} changed: {old} -> {new}")
 
 
@@ -227,7 +244,7 @@ def select_init(cfg: Config, source: str, *, with_optimizers: bool) -> Checkpoin
     except CheckpointError as exc:
         raise LaunchError(f"--init-from: {exc}") from exc
     changes = config_changes(saved, cfg)
-    refuse_network_changes(changes, what=f"--init-from {ckpt.path}", allowed=("schedule.max_res",),
+    refuse_network_changes(changes, model=cfg.model.name, what=f"--init-from {ckpt.path}", allowed=("schedule.max_res",),
                            hint="a warm start keeps the checkpoint's networks; only schedule.max_res may grow")
     res = int(ckpt.meta["resolution"])
     if res > cfg.schedule.max_res:
