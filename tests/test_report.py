@@ -226,7 +226,9 @@ def test_a_run_reports_its_start_its_end_and_shows_the_reals(tmp_path, synthetic
     trained = load_generator(ckpt)
     again = Evaluator(str(synthetic_data), ["swd"], num_images=256, swd_floor=True, swd_dirs=FINAL_SWD_DIRS,
                       swd_repeats=FINAL_SWD_REPEATS)(trained.generator, trained.resolution, trained.alpha)
-    assert (again["swd_mean"], again["swd_floor_mean"]) == (final["swd_mean"], final["swd_floor_mean"])
+    # Equal but for the last float bits: this process may sum with another thread count.
+    assert (again["swd_mean"], again["swd_floor_mean"]) == pytest.approx((final["swd_mean"], final["swd_floor_mean"]),
+                                                                          rel=1e-5)
     # The reals: once per resolution trained, tiles of the 4 first images enlarged to 32 px.
     reals = {res: run / "samples" / f"reals-{res}.png" for res in (4, 8, 16)}
     assert all(p.is_file() for p in reals.values()) and not (run / "samples" / "reals-32.png").exists()
