@@ -24,6 +24,19 @@ MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "vae": (DCGANGenerator, VAEEncoder),
 }
 
+# ModelConfig fields that only some models read; a model ignores the rest of this table's keys
+# (a resumed run neither refuses nor warns a change to one, gan_hr/training/resume.py).
+_STYLEGAN_ONLY = ("w_dim", "mapping_layers", "mapping_lr_mul", "style_mixing_prob", "w_avg_beta", "truncation_psi",
+                  "truncation_cutoff", "blur", "noise", "demodulate")
+_PROGRESSIVE_ONLY = ("channel_base", "channel_max", "mbstd_group_size")
+_DCGAN_ONLY = ("base_width",)
+UNREAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY,
+    "stylegan": _DCGAN_ONLY,
+    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+    "vae": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+}
+
 
 def build_generator(cfg: ModelConfig, max_res: int) -> nn.Module:
     return MODELS[cfg.name][0](cfg, max_res)

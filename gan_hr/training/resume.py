@@ -34,7 +34,7 @@ from gan_hr.checkpoint import (
     resolve_checkpoint,
 )
 from gan_hr.config import Config, ConfigError, from_dict
-from gan_hr.models import build_discriminator, build_generator
+from gan_hr.models import UNREAD_FIELDS, build_discriminator, build_generator
 from gan_hr.training.grad_sync import max_over_ranks
 from gan_hr.training.run_dir import MetricsLog, RunDir
 
@@ -45,20 +45,8 @@ NETWORK_KEYS = (
     "model.base_width", "model.d_spectral_norm", "model.conditional", "model.label_kind", "model.label_names",
     "schedule.max_res",
 )
-# Model keys that only some models read. A change to one that the run's model does not read is
-# neither refused nor warned (still recorded): a ProGAN run resumes with a StyleGAN config key set.
-_STYLEGAN_ONLY = (
-    "model.w_dim", "model.mapping_layers", "model.mapping_lr_mul", "model.style_mixing_prob", "model.w_avg_beta",
-    "model.truncation_psi", "model.truncation_cutoff", "model.blur", "model.noise", "model.demodulate",
-)
-_PROGRESSIVE_ONLY = ("model.channel_base", "model.channel_max", "model.mbstd_group_size")
-_DCGAN_ONLY = ("model.base_width",)
-UNREAD_KEYS = {
-    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY,
-    "stylegan": _DCGAN_ONLY,
-    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
-    "vae": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
-}
+# Per model, the model keys it does not read (the registry's table, as dotted keys).
+UNREAD_KEYS = {name: tuple(f"model.{field}" for field in fields) for name, fields in UNREAD_FIELDS.items()}
 # Keys that change how a run is driven or watched, not what it learns: changed silently (still
 # recorded in config-history/). Every other changed key is printed as a warning.
 QUIET_KEYS = (
