@@ -4,6 +4,7 @@ Each test asserts on what is left on disk, the exit code and the line printed.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ from train_helpers import (
     train_command,
 )
 
-from gan_hr.config import from_dict
+from gan_hr.config import ModelConfig, from_dict
+from gan_hr.models import MODELS, UNREAD_FIELDS
 from gan_hr.training.resume import LaunchError, config_changes, refuse_network_changes
 
 pytestmark = pytest.mark.slow
@@ -165,9 +167,10 @@ def test_resume_refuses_to_change_the_networks(run, synthetic_data):
 
 def test_a_key_the_model_does_not_read_changes_nothing(run, synthetic_data):
     """A ProGAN run resumed with StyleGAN's network keys set (as a newer demo config sets
-    model.demodulate) goes on unwarned; a StyleGAN run would refuse the same change."""
+    model.demodulate) and the VAE's KL weight goes on unwarned; a StyleGAN run would refuse the
+    same change."""
     stylegan_keys = ["model.demodulate=false", "model.w_dim=8", "model.noise=false"]  # the run has true, 16, true
-    proc = train(run, synthetic_data, "train.max_steps=12", *stylegan_keys, resume="auto")
+    proc = train(run, synthetic_data, "train.max_steps=12", *stylegan_keys, "model.vae_beta=0.5", resume="auto")
     assert _errors(proc) == []
     assert f"resuming from {run / 'checkpoints' / 'step-00000010'}" in proc.stdout
     assert [r["step"] for r in metrics(run)] == list(range(1, 13))
@@ -176,6 +179,15 @@ def test_a_key_the_model_does_not_read_changes_nothing(run, synthetic_data):
     asked = from_dict({"model": {"name": "stylegan", "demodulate": True}})
     with pytest.raises(LaunchError, match=r"model.demodulate False -> True"):
         refuse_network_changes(config_changes(saved, asked), model="stylegan", what="resuming", hint="keep it")
+
+
+def test_every_model_has_a_row_of_keys_it_does_not_read():
+    """Resume looks every model up in UNREAD_FIELDS: a model registered without a row there would
+    crash every resume of it, and a row naming no ModelConfig field would hide nothing."""
+    assert set(UNREAD_FIELDS) == set(MODELS)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for name, unread in UNREAD_FIELDS.items():
+        assert set(unread) <= fields, name
 
 
 def test_changed_training_keys_are_warned_and_recorded(run, synthetic_data):

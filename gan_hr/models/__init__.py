@@ -30,10 +30,11 @@ _STYLEGAN_ONLY = ("w_dim", "mapping_layers", "mapping_lr_mul", "style_mixing_pro
                   "truncation_cutoff", "blur", "noise", "demodulate")
 _PROGRESSIVE_ONLY = ("channel_base", "channel_max", "mbstd_group_size")
 _DCGAN_ONLY = ("base_width",)
+_VAE_ONLY = ("vae_beta",)
 UNREAD_FIELDS: dict[str, tuple[str, ...]] = {
-    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY,
-    "stylegan": _DCGAN_ONLY,
-    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY + _VAE_ONLY,
+    "stylegan": _DCGAN_ONLY + _VAE_ONLY,
+    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY + _VAE_ONLY,
     "vae": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
 }
 
