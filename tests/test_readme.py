@@ -119,3 +119,18 @@ def test_every_readme_command_runs_in_order(tmp_path):
     assert any("train_progressive.py" in c for c in ran) and any("evaluate.py" in c for c in ran)
     # The demo's set is where the README says, and the data_prep command found it already there.
     assert (repo / "data" / "synthetic" / "synthetic-2048-32" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_make_demo_with_a_bad_value_prints_its_one_line_and_writes_nothing(tmp_path):
+    """The launcher adds no traceback under the trainer's error line, and nothing is written."""
+    if not (Path(sys.prefix) / "bin" / "activate").is_file() or shutil.which("make") is None:
+        pytest.skip("needs a virtual environment (bin/activate) and make, as the README does")
+    repo = _fresh_copy(tmp_path / "gan_hr")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "OMP_NUM_THREADS", "PYTHONPATH"))}
+    proc = subprocess.run(["make", "-o", ".venv/.installed", "demo", "ARGS=train.total_kimg=-1"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    launcher_lines = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
+    assert launcher_lines == ["error: train.total_kimg: must be positive"]
+    assert not (repo / "runs").exists() and not (repo / "data").exists()
