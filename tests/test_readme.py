@@ -85,10 +85,14 @@ def _fresh_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
-def test_every_readme_command_runs_in_order(tmp_path):
+def _skip_without_venv_and_make() -> None:
     if not (Path(sys.prefix) / "bin" / "activate").is_file() or shutil.which("make") is None:
         pytest.skip("needs a virtual environment (bin/activate) and make, as the README does")
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_in_order(tmp_path):
+    _skip_without_venv_and_make()
     repo = _fresh_copy(tmp_path / "gan_hr")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_", "ACCELERATE_", "OMP_NUM_THREADS",
@@ -124,8 +128,7 @@ def test_every_readme_command_runs_in_order(tmp_path):
 @pytest.mark.slow
 def test_make_demo_with_a_bad_value_prints_its_one_line_and_writes_nothing(tmp_path):
     """The launcher adds no traceback under the trainer's error line, and nothing is written."""
-    if not (Path(sys.prefix) / "bin" / "activate").is_file() or shutil.which("make") is None:
-        pytest.skip("needs a virtual environment (bin/activate) and make, as the README does")
+    _skip_without_venv_and_make()
     repo = _fresh_copy(tmp_path / "gan_hr")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "OMP_NUM_THREADS", "PYTHONPATH"))}
     proc = subprocess.run(["make", "-o", ".venv/.installed", "demo", "ARGS=train.total_kimg=-1"], cwd=repo, env=env,

@@ -24,19 +24,23 @@ MODELS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "vae": (DCGANGenerator, VAEEncoder),
 }
 
-# ModelConfig fields that only some models read; a model ignores the rest of this table's keys
-# (a resumed run neither refuses nor warns a change to one, gan_hr/training/resume.py).
+# ModelConfig fields that only some models read, and which of them each model reads; a model
+# ignores the rest (a resumed run neither refuses nor warns a change to one,
+# gan_hr/training/resume.py). A new group of keys is added once, to the models that read it.
 _STYLEGAN_ONLY = ("w_dim", "mapping_layers", "mapping_lr_mul", "style_mixing_prob", "w_avg_beta", "truncation_psi",
                   "truncation_cutoff", "blur", "noise", "demodulate")
 _PROGRESSIVE_ONLY = ("channel_base", "channel_max", "mbstd_group_size")
 _DCGAN_ONLY = ("base_width",)
 _VAE_ONLY = ("vae_beta",)
-UNREAD_FIELDS: dict[str, tuple[str, ...]] = {
-    "progan": _STYLEGAN_ONLY + _DCGAN_ONLY + _VAE_ONLY,
-    "stylegan": _DCGAN_ONLY + _VAE_ONLY,
-    "dcgan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY + _VAE_ONLY,
-    "vae": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+_MODEL_SPECIFIC = _STYLEGAN_ONLY + _PROGRESSIVE_ONLY + _DCGAN_ONLY + _VAE_ONLY
+_READS: dict[str, tuple[str, ...]] = {
+    "progan": _PROGRESSIVE_ONLY,
+    "stylegan": _STYLEGAN_ONLY + _PROGRESSIVE_ONLY,
+    "dcgan": _DCGAN_ONLY,
+    "vae": _DCGAN_ONLY + _VAE_ONLY,  # the decoder is DCGAN's generator
 }
+UNREAD_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(field for field in _MODEL_SPECIFIC if field not in reads) for name, reads in _READS.items()}
 
 
 def build_generator(cfg: ModelConfig, max_res: int) -> nn.Module:
